@@ -1,0 +1,1 @@
+"""agentrft.agent"""

@@ -1,0 +1,73 @@
+"""The ``agentrft`` command: one sub-command per step of the nine.
+
+Each step's module registers its own commands through ``register(app)``; heavy libraries (torch,
+transformers, sentence-transformers) are imported inside the commands so ``agentrft --help`` and the
+light commands start fast. ``main`` turns a ``UserError`` into one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from .errors import UserError
+
+app = typer.Typer(
+    name="agentrft",
+    help="Agent reinforcement fine-tuning: from a folder of prompts to a fine-tuned tool-using agent.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Agent reinforcement fine-tuning: from a folder of prompts to a fine-tuned tool-using agent."""
+
+
+def _register_all() -> None:
+    from .data import cli as data_cli
+    from .tools import cli as tools_cli
+    from .graders import cli as graders_cli
+    from .agent import cli as agent_cli
+    from .model import cli as model_cli
+    from .train import cli as train_cli
+    from .evaluate import cli as evaluate_cli
+    from . import demo
+
+    for module in (data_cli, tools_cli, graders_cli, agent_cli, model_cli, train_cli, evaluate_cli, demo):
+        module.register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI; bad input ends in one line on stderr and a non-zero exit."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        for line in str(exc).splitlines() or ["error"]:
+            _err.print(f"error: {line}", markup=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _err.print("aborted", markup=False)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _err.print("interrupted", markup=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The data that flows between the nine steps — every object agentrft writes to disk.
+
+Row (a dataset line) → Trajectory (one rollout) → Grade (a reward in [0, 1]) → EvalRecord (one row's
+result in an evaluation run). Each model carries ``schema_version`` so files written today stay
+readable when a field is added; readers accept a file without it (the tutorial's rows carry none).
+
+Field names follow the tutorial where it names them (``id``, ``reference_answer``, ``expected``,
+``tools``, ``metadata``; trace turns with ``type``/``name``/``args``/``output``/``content``) so that
+the tutorial's snippets run against our files unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    """Base for on-disk models: unknown keys are refused so a typo is an error, not a silent drop."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 2: dataset rows
+# ---------------------------------------------------------------------------------------------
+
+
+class Expected(_Model):
+    """What the grader and the tool-use checks look for in a rollout of this row."""
+
+    tolerance_rel: float | None = Field(
+        default=None, ge=0, description="Relative tolerance for numeric answers (0.02 = ±2%)."
+    )
+    evidence_path: str | None = Field(
+        default=None, description="Corpus path the answer should be read from."
+    )
+    must_use_tools: list[str] = Field(
+        default_factory=list, description="Tools a good trajectory calls at least once."
+    )
+
+
+class FunctionSpec(BaseModel):
+    """The ``function`` half of an OpenAI tool spec: a name and a JSON schema for its arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters_are_an_object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type") != "object":
+            raise ValueError('parameters must be a JSON schema with "type": "object"')
+        props = value.get("properties", {})
+        if not isinstance(props, dict):
+            raise ValueError("parameters.properties must be an object")
+        required = value.get("required", [])
+        if not isinstance(required, list) or any(name not in props for name in required):
+            raise ValueError("parameters.required must list names that are in properties")
+        return value
+
+
+class ToolSpec(BaseModel):
+    """An OpenAI function tool spec, as a row's ``tools`` list and ``GET /tools`` carry it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+class RowMetadata(BaseModel):
+    """Slicing keys for evaluation; free extra keys (source, company, period, …) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_type: str = "unknown"
+    difficulty: str = "unknown"
+
+
+class Row(_Model):
+    """One training or evaluation example: a prompt, the answer to grade against, and its tools."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    reference_answer: str
+    expected: Expected = Field(default_factory=Expected)
+    tools: list[ToolSpec] = Field(default_factory=list)
+    metadata: RowMetadata = Field(default_factory=RowMetadata)
+
+    @field_validator("reference_answer")
+    @classmethod
+    def _reference_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("reference_answer is empty")
+        return value
+
+    def tool_names(self) -> list[str]:
+        return [spec.function.name for spec in self.tools]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollouts: trajectories
+# ---------------------------------------------------------------------------------------------
+
+
+class MessageTurn(_Model):
+    """Text from the system, the user or the model (the model's final answer is the last one)."""
+
+    type: Literal["message"] = "message"
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ToolCallTurn(_Model):
+    """A tool call the model made. ``error`` is set when the call could not be parsed or routed."""
+
+    type: Literal["tool_call"] = "tool_call"
+    call_id: str
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    raw: str | None = Field(default=None, description="The model's text for a malformed call.")
+    error: str | None = None
+
+
+class ToolResultTurn(_Model):
+    """What a tool returned (or the structured error shown to the model instead)."""
+
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    name: str
+    output: str
+    is_error: bool = False
+    latency_ms: float = 0.0
+
+
+Turn = Annotated[MessageTurn | ToolCallTurn | ToolResultTurn, Field(discriminator="type")]
+
+StopReason = Literal["answer", "max_tool_calls", "max_tokens", "error"]
+
+
+class Trajectory(_Model):
+    """One rollout of one row: readable turns, and token ids + loss mask when a local model ran it.
+
+    ``loss_mask[i]`` is 1 where ``token_ids[i]`` was generated by the policy and 0 on prompt,
+    template and tool-result tokens: tool output is the environment's, not the policy's, so it
+    must carry no gradient.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    row_id: str
+    sample_index: int = 0
+    model: str = ""
+    turns: list[Turn] = Field(default_factory=list)
+    stop_reason: StopReason = "answer"
+    token_ids: list[int] | None = None
+    loss_mask: list[int] | None = None
+    prompt_length: int | None = Field(default=None, description="Tokens before the first generation.")
+    logprobs: list[float] | None = Field(
+        default=None, description="Sampling log-probs of the tokens where loss_mask is 1."
+    )
+    seed: int | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def tool_calls(self) -> list[ToolCallTurn]:
+        return [t for t in self.turns if isinstance(t, ToolCallTurn)]
+
+    @property
+    def n_tool_calls(self) -> int:
+        return len(self.tool_calls)
+
+    @property
+    def output_text(self) -> str:
+        """The final answer: the last assistant message, or '' when the rollout never answered."""
+        for turn in reversed(self.turns):
+            if isinstance(turn, MessageTurn) and turn.role == "assistant":
+                return turn.content
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 4: grades
+# ---------------------------------------------------------------------------------------------
+
+
+class Grade(_Model):
+    """A grader's verdict. ``reward`` is None ("no grade") when the grader itself failed — a
+    judge that timed out must not look like a wrong answer, or training learns from noise."""
+
+    reward: float | None = Field(default=None, ge=0.0, le=1.0)
+    grader: str
+    reason: str = ""
+    sub_rewards: dict[str, float | None] = Field(default_factory=dict)
+
+    @property
+    def graded(self) -> bool:
+        return self.reward is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps 1, 7, 8: evaluation records
+# ---------------------------------------------------------------------------------------------
+
+
+class EvalRecord(_Model):
+    """One row's (or one sample's) result in an evaluation run; the trace lives in ``trace_file``."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str = Field(description="The row id.")
+    sample_index: int = 0
+    model: str = ""
+    reward: float | None = Field(default=None, ge=0.0, le=1.0)
+    reason: str = ""
+    tool_calls: int = 0
+    answer: str = ""
+    stop_reason: StopReason = "answer"
+    task_type: str = "unknown"
+    difficulty: str = "unknown"
+    trace_file: str | None = Field(default=None, description="JSONL of Trajectory, relative to this file.")
+    trace_line: int | None = Field(default=None, description="1-based line of the trajectory in trace_file.")
+
+
+class PriorResult(_Model):
+    """Step 1: one row's success rate over N rollouts of the base model."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    rollouts: int
+    successes: int
+    rate: float
+    bucket: Literal["never", "sometimes", "always"]
+    mean_reward: float
+    mean_tool_calls: float
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "EvalRecord",
+    "Expected",
+    "FunctionSpec",
+    "Grade",
+    "MessageTurn",
+    "PriorResult",
+    "Row",
+    "RowMetadata",
+    "StopReason",
+    "ToolCallTurn",
+    "ToolResultTurn",
+    "ToolSpec",
+    "Trajectory",
+    "Turn",
+]

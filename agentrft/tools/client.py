@@ -1,0 +1,127 @@
+"""Async client for tool servers: pooled httpx connections, bearer token, retries, both contracts.
+
+A tool-level problem never raises: the server's error text comes back as ``ToolReply.output`` with
+``is_error=True`` so the agent loop can hand it to the model. Connection failures and 5xx replies are
+retried with exponential backoff; only a server that stays unreachable raises ToolServerUnavailable.
+A call that times out is not retried (the tool may still be running) and comes back as an error reply.
+
+Example::
+
+    async with ToolClient("http://127.0.0.1:8000", token=os.environ["TOOL_BEARER"]) as client:
+        reply = await client.call("search", {"query": "Henderson Q3 operating margin"}, call_id="c1")
+        print(reply.output, reply.latency_ms)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+Contract = Literal["tutorial", "function_call"]
+
+
+class ToolServerUnavailable(RuntimeError):
+    """The tool server could not be reached (or kept failing with 5xx) after every retry."""
+
+
+@dataclass
+class ToolReply:
+    output: str
+    is_error: bool
+    latency_ms: float
+    status: int
+
+
+class ToolClient:
+    """One pooled connection set to one tool server; share it across all concurrent rollouts."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 30, retries: int = 3,
+                 max_connections: int = 256, contract: Contract = "tutorial", backoff_s: float = 0.2) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.contract = contract
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def __aenter__(self) -> ToolClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _body(self, name: str, arguments: dict[str, Any] | str, call_id: str) -> dict[str, Any]:
+        if self.contract == "function_call":
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            return {"type": "function_call", "call_id": call_id, "name": name, "arguments": text}
+        # A model's raw argument string goes as is: the server parses it and explains what is wrong.
+        return {"arguments": arguments, "call_id": call_id}
+
+    async def call(self, name: str, arguments: dict[str, Any] | str, call_id: str) -> ToolReply:
+        """POST /<name>; returns the tool's output (or its error as output, ``is_error=True``)."""
+        body = self._body(name, arguments, call_id)
+        start = time.perf_counter()
+        response = await self._send("POST", f"/{name}", json=body)
+        latency = (time.perf_counter() - start) * 1000
+        if response is None:
+            return ToolReply(f"Error: tool {name!r} timed out after {self.timeout_s:g}s", True, latency, 0)
+        output = _output_of(response)
+        is_error = response.status_code >= 400 or output.startswith("Error:")
+        return ToolReply(output, is_error, latency, response.status_code)
+
+    async def specs(self) -> list[dict[str, Any]]:
+        """GET /tools: the OpenAI function specs the server offers."""
+        response = await self._send("GET", "/tools")
+        if response is None or response.status_code != 200:
+            status = "timeout" if response is None else f"{response.status_code}: {_output_of(response)}"
+            raise ToolServerUnavailable(f"GET {self.base_url}/tools failed ({status})")
+        return response.json()
+
+    async def health(self) -> bool:
+        response = await self._send("GET", "/healthz")
+        return response is not None and response.status_code == 200
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
+        """The response (5xx only after the last retry); None on a read timeout."""
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
+                    httpx.ReadError, httpx.WriteError, httpx.PoolTimeout) as exc:
+                last = exc
+                continue
+            except httpx.TimeoutException:
+                return None
+            if response.status_code >= 500 and attempt < self.retries:
+                continue
+            return response
+        raise ToolServerUnavailable(
+            f"tool server {self.base_url} unreachable after {self.retries + 1} attempts: {last!r}"
+        )
+
+
+def _output_of(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return f"Error: HTTP {response.status_code}: {response.text[:200]}"
+    if isinstance(data, dict) and isinstance(data.get("output"), str):
+        return data["output"]
+    return f"Error: HTTP {response.status_code}: unexpected reply {str(data)[:200]}"

@@ -1,0 +1,64 @@
+"""A real tool server on a free loopback port, in a background thread, for tests and scripts.
+
+Example::
+
+    with running_server(corpus_dir=Path("data/corpus"), token="secret") as url:
+        async with ToolClient(url, token="secret") as client:
+            reply = await client.call("list", {"prefix": ""}, call_id="c1")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .registry import ToolRegistry
+from .server import create_app
+
+
+def build_registry(corpus_dir: str | Path | None = None, tools: object = None, read_budget: int = 8000,
+                   embed: bool = True, cache_dir: Path | None = None) -> ToolRegistry:
+    """The filings tools over ``corpus_dir`` and/or the given tools, in one registry."""
+    from .filings import FilingsTools
+
+    registry = ToolRegistry()
+    if corpus_dir is not None:
+        registry.merge(FilingsTools(corpus_dir, read_budget, embed=embed, cache_dir=cache_dir).registry())
+    if tools is not None:
+        registry.merge(ToolRegistry.from_tools(tools))
+    if not registry.tools:
+        raise ValueError("nothing to serve: give corpus_dir, tools or both")
+    return registry
+
+
+@contextlib.contextmanager
+def running_server(corpus_dir: str | Path | None = None, tools: object = None, token: str | None = "test-token",
+                   read_budget: int = 8000, embed: bool = True, cache_dir: Path | None = None,
+                   startup_timeout_s: float = 60.0) -> Iterator[str]:
+    """Serve with uvicorn on 127.0.0.1:<free port> until the block exits; yields the base URL."""
+    import uvicorn
+
+    app = create_app(build_registry(corpus_dir, tools, read_budget, embed, cache_dir), token)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # bound before uvicorn starts, so no other process can take the port
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=2048, timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="tool-server")
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("tool server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -43,7 +43,9 @@ def running_server(corpus_dir: str | Path | None = None, tools: object = None, t
     import uvicorn
 
     app = create_app(build_registry(corpus_dir, tools, read_budget, embed, cache_dir), token)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio only sets TCP_NODELAY on accepted sockets whose proto is
+    # IPPROTO_TCP, and without it every keep-alive reply waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # bound before uvicorn starts, so no other process can take the port
     port = sock.getsockname()[1]

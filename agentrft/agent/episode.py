@@ -1,0 +1,84 @@
+"""The state of one rollout while it runs, and what a policy hands back for one turn.
+
+An ``Episode`` is the loop's working copy of a trajectory: the OpenAI-format messages an endpoint is
+sent, the readable turns, and (for a local model) the token ids with their loss mask. It becomes a
+``Trajectory`` when the rollout ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..schema import Row, StopReason, Trajectory, Turn
+
+
+@dataclass
+class ParsedCall:
+    """One tool call as the model wrote it. ``error`` is set when it could not be parsed."""
+
+    name: str
+    args: dict[str, Any]
+    raw: str | None = None
+    error: str | None = None
+    call_id: str = ""
+
+
+@dataclass
+class Reply:
+    """One assistant turn: its text, the tool calls in it, and how generation ended."""
+
+    content: str
+    calls: list[ParsedCall] = field(default_factory=list)
+    finished: bool = True
+    """False when a token limit cut the turn before the model ended it."""
+    out_of_budget: bool = False
+    """True when nothing was generated because the trajectory token budget is spent."""
+    error: bool = False
+    """True when the policy could not produce a turn (an endpoint refused the request)."""
+
+
+@dataclass
+class Episode:
+    """One rollout in progress. Policies read ``messages``; local policies also keep the token fields."""
+
+    row: Row
+    sample_index: int
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    turns: list[Turn] = field(default_factory=list)
+    replies: int = 0
+    n_tool_calls: int = 0
+    n_tokens: int = 0
+    """Tokens in the conversation so far, as the policy counts them (the trajectory budget)."""
+    token_ids: list[int] | None = None
+    loss_mask: list[int] | None = None
+    logprobs: list[float] | None = None
+    prompt_length: int | None = None
+    rendered: int = 0
+    """How many of ``messages`` the token ids already cover (a local policy's bookmark)."""
+    stop_reason: StopReason | None = None
+    started: float = 0.0
+    elapsed_s: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+    def to_trajectory(self, model: str, seed: int | None) -> Trajectory:
+        return Trajectory(
+            row_id=self.row.id,
+            sample_index=self.sample_index,
+            model=model,
+            turns=list(self.turns),
+            stop_reason=self.stop_reason or "error",
+            token_ids=self.token_ids,
+            loss_mask=self.loss_mask,
+            prompt_length=self.prompt_length,
+            logprobs=self.logprobs,
+            seed=seed,
+            elapsed_s=round(self.elapsed_s, 4),
+        )
+
+
+__all__ = ["Episode", "ParsedCall", "Reply"]

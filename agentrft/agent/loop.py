@@ -1,0 +1,185 @@
+"""The agent loop: multi-turn rollouts of rows through a policy and the tools, as Trajectories.
+
+One loop serves the prior check, training and evaluation, so what is trained is what is measured.
+Each round asks the policy for one turn of every unfinished rollout (one batched generation), then
+runs every tool call pending in that round, across all rollouts, concurrently over HTTP. A rollout
+ends at a final answer, at the tool-call budget, or at the token budget. Malformed calls, unknown
+tools and tool errors never raise: they are recorded and the model sees an error message instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..schema import MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
+from .episode import Episode, ParsedCall, Reply
+from .settings import RolloutSettings
+
+if TYPE_CHECKING:
+    from ..tools.client import ToolClient
+    from .policy import Policy
+
+T = TypeVar("T")
+
+
+def default_system_prompt() -> str:
+    from ..model.prompts import SYSTEM_PROMPT
+
+    return SYSTEM_PROMPT
+
+
+def new_episode(row: Row, sample_index: int, system_prompt: str, tools: list[dict[str, Any]]) -> Episode:
+    messages: list[dict[str, Any]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.append({"role": "user", "content": row.prompt})
+    episode = Episode(row=row, sample_index=sample_index, messages=messages, tools=tools)
+    episode.turns = [MessageTurn(role=m["role"], content=m["content"]) for m in messages]
+    episode.started = time.perf_counter()
+    return episode
+
+
+async def run_rollouts(
+    rows: list[Row],
+    policy: Policy,
+    tools: ToolClient,
+    settings: RolloutSettings,
+    samples_per_row: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> list[Trajectory]:
+    """Roll out every row ``samples_per_row`` times; trajectories come back row by row, in order.
+
+    ``progress`` (optional) is called with the number of rollouts that just finished.
+    """
+    system_prompt = settings.system_prompt if settings.system_prompt is not None else default_system_prompt()
+    server_specs: list[dict[str, Any]] | None = None
+    if any(not row.tools for row in rows):
+        server_specs = await tools.specs()  # rows without a tools list get the server's tools
+    episodes = []
+    for row in rows:
+        specs = [spec.model_dump(exclude_none=True) for spec in row.tools] if row.tools else server_specs
+        episodes.extend(new_episode(row, k, system_prompt, list(specs or [])) for k in range(samples_per_row))
+    active = list(episodes)
+    while active:
+        replies = await policy.generate(active, settings)
+        if len(replies) != len(active):
+            raise RuntimeError(f"policy {policy.name} returned {len(replies)} replies for {len(active)} rollouts")
+        jobs = [job for episode, reply in zip(active, replies) for job in _take_reply(episode, reply, settings)]
+        results = await asyncio.gather(*(_run_call(tools, episode, call) for episode, call in jobs))
+        for (episode, call), result in zip(jobs, results):
+            _record_result(episode, call, *result)
+        now = time.perf_counter()
+        finished = [e for e in active if e.done]
+        for episode in finished:
+            episode.elapsed_s = now - episode.started
+        if progress is not None and finished:
+            progress(len(finished))
+        active = [e for e in active if not e.done]
+    return [episode.to_trajectory(policy.name, settings.seed) for episode in episodes]
+
+
+def _take_reply(episode: Episode, reply: Reply, settings: RolloutSettings) -> list[tuple[Episode, ParsedCall]]:
+    """Record one assistant turn; return the tool calls to run (none when the rollout ends here)."""
+    episode.replies += 1
+    if reply.out_of_budget:
+        episode.stop_reason = "max_tokens"
+        return []
+    if reply.error:
+        episode.stop_reason = "error"
+        episode.turns.append(MessageTurn(role="assistant", content=reply.content))
+        return []
+    if reply.content or not reply.calls:
+        episode.turns.append(MessageTurn(role="assistant", content=reply.content))
+    if not reply.calls:
+        episode.messages.append({"role": "assistant", "content": reply.content})
+        episode.stop_reason = "answer" if reply.finished else "max_tokens"
+        return []
+    for offset, call in enumerate(reply.calls):
+        call.call_id = call.call_id or f"call_{episode.n_tool_calls + offset}"
+    episode.messages.append(_assistant_message(reply))
+    not_run = None
+    if not reply.finished:
+        episode.stop_reason, not_run = "max_tokens", "not run: the turn hit the token limit"
+    elif episode.n_tool_calls + len(reply.calls) > settings.max_tool_calls:
+        episode.stop_reason = "max_tool_calls"
+        not_run = f"not run: the tool-call budget ({settings.max_tool_calls}) is spent"
+    for call in reply.calls:
+        episode.turns.append(
+            ToolCallTurn(call_id=call.call_id, name=call.name, args=call.args, raw=call.raw, error=call.error or not_run)
+        )
+    if not_run:
+        return []
+    episode.n_tool_calls += len(reply.calls)
+    return [(episode, call) for call in reply.calls]
+
+
+def _assistant_message(reply: Reply) -> dict[str, Any]:
+    import json
+
+    calls = [
+        {
+            "id": call.call_id,
+            "type": "function",
+            "function": {
+                "name": call.name or "invalid",
+                "arguments": call.raw if call.error and call.raw else json.dumps(call.args, ensure_ascii=False),
+            },
+        }
+        for call in reply.calls
+    ]
+    return {"role": "assistant", "content": reply.content, "tool_calls": calls}
+
+
+async def _run_call(tools: ToolClient, episode: Episode, call: ParsedCall) -> tuple[str, bool, float]:
+    """Run one call; malformed and unknown calls get an error the model can read, without a request."""
+    if call.error:
+        return f"Error: {call.error}. Write one JSON object with \"name\" and \"arguments\".", True, 0.0
+    known = [spec.get("function", {}).get("name") for spec in episode.tools]
+    if call.name not in known:
+        return f"Error: unknown tool {call.name!r}; the tools are: {', '.join(map(str, known))}", True, 0.0
+    reply = await tools.call(call.name, call.args, call.call_id)
+    return reply.output, reply.is_error, reply.latency_ms
+
+
+def _record_result(episode: Episode, call: ParsedCall, output: str, is_error: bool, latency_ms: float) -> None:
+    name = call.name or "invalid"
+    episode.turns.append(
+        ToolResultTurn(call_id=call.call_id, name=name, output=output, is_error=is_error, latency_ms=latency_ms)
+    )
+    episode.messages.append({"role": "tool", "tool_call_id": call.call_id, "name": name, "content": output})
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, also when the caller already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # inside a notebook or another loop
+        return pool.submit(asyncio.run, coro).result()
+
+
+def rollout(
+    rows: list[Row],
+    policy: Policy,
+    tools_url: str,
+    token: str | None,
+    settings: RolloutSettings,
+    samples_per_row: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> list[Trajectory]:
+    """Sync wrapper: open a ToolClient on ``tools_url`` and run ``run_rollouts``."""
+    from ..tools.client import ToolClient
+
+    async def main() -> list[Trajectory]:
+        async with ToolClient(tools_url, token=token) as client:
+            return await run_rollouts(rows, policy, client, settings, samples_per_row, progress)
+
+    return run_sync(main())
+
+
+__all__ = ["RolloutSettings", "default_system_prompt", "rollout", "run_rollouts", "run_sync"]

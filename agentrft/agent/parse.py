@@ -1,0 +1,106 @@
+"""Tool calls out of generated tokens, through the tokenizer's response parser.
+
+transformers' ``tokenizer.parse_response`` reads the model's own format (Qwen's ``<tool_call>`` JSON,
+Llama 3's python tags, …) from a ``response_template``; TRL's ``add_response_schema`` supplies one for
+the chat templates it knows, so a Qwen2.5, Qwen3 or Llama-3 model parses unchanged. What the parser
+cannot read is kept, not dropped: a turn that opened a tool call but did not close valid JSON becomes
+a ``ParsedCall`` with ``error`` and ``raw`` set, so the trajectory records it and the model is told.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..errors import UserError
+from .episode import ParsedCall, Reply
+
+
+def ensure_response_parser(tokenizer: Any, source: str = "the tokenizer") -> None:
+    """Give ``tokenizer`` a response template if it has none; a clear error for unknown chat templates."""
+    if getattr(tokenizer, "response_template", None) is not None:
+        return
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{source}: has no chat template; an agent model needs one that renders tools")
+    from trl.chat_template_utils import add_response_schema
+
+    try:
+        add_response_schema(tokenizer)
+    except ValueError:
+        raise UserError(
+            f"{source}: unknown chat template, so its tool calls cannot be parsed; set "
+            "tokenizer.response_template (see transformers' chat response parsing docs)"
+        ) from None
+
+
+def _tool_call_opener(tokenizer: Any) -> re.Pattern[str] | None:
+    """The pattern that starts a tool call in this model's format (``<tool_call>`` for Qwen)."""
+    fields = (getattr(tokenizer, "response_template", None) or {}).get("fields", {})
+    spec = fields.get("tool_calls") or {}
+    if spec.get("open"):
+        return re.compile(re.escape(spec["open"]))
+    if spec.get("open_pattern"):
+        return re.compile(spec["open_pattern"])
+    return None
+
+
+def _normalise_call(call: Any) -> ParsedCall:
+    """One parsed tool call → ParsedCall, with an error for shapes the tools cannot run."""
+    raw = json.dumps(call, ensure_ascii=False, default=str)
+    function = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        return ParsedCall(name="", args={}, raw=raw, error="tool call has no function name")
+    name, args = function["name"], function.get("arguments")
+    if args is None:
+        args = {}
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as exc:
+            return ParsedCall(name=name, args={}, raw=raw, error=f"arguments are not valid JSON ({exc.msg})")
+    if not isinstance(args, dict):
+        return ParsedCall(name=name, args={}, raw=raw, error="arguments must be a JSON object")
+    return ParsedCall(name=name, args=args)
+
+
+def parse_reply(
+    tokenizer: Any,
+    ids: list[int],
+    prefix: list[int],
+    tools: list[dict[str, Any]] | None,
+    finished: bool = True,
+) -> Reply:
+    """Parse one generated turn (``ids``, after the rendered ``prefix``) into text and tool calls."""
+    eos = tokenizer.eos_token or ""
+    try:
+        parsed = tokenizer.parse_response(ids, prefix=prefix, tools=tools or None)
+        if not isinstance(parsed, dict):
+            raise ValueError("the parser returned nothing")
+    except (ValueError, TypeError, KeyError) as exc:
+        return _unparsed_reply(tokenizer, ids, str(exc), finished)
+    content = parsed.get("content") or ""
+    if isinstance(content, str) and eos:
+        content = content.removesuffix(eos)
+    calls = [_normalise_call(call) for call in parsed.get("tool_calls") or []]
+    if not isinstance(content, str):
+        content = json.dumps(content, ensure_ascii=False)
+    opener = _tool_call_opener(tokenizer)
+    if not calls and opener is not None and opener.search(content):
+        # The parser kept an unclosed tool call as text: the model tried to call and failed.
+        return _unparsed_reply(tokenizer, ids, "tool call is not closed", finished)
+    return Reply(content=content.strip(), calls=calls, finished=finished)
+
+
+def _unparsed_reply(tokenizer: Any, ids: list[int], error: str, finished: bool) -> Reply:
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    opener = _tool_call_opener(tokenizer)
+    match = opener.search(text) if opener is not None else None
+    if match is None:
+        return Reply(content=text.strip(), finished=finished)
+    first_line = error.strip().splitlines()[0] if error.strip() else "unparseable"
+    call = ParsedCall(name="", args={}, raw=text[match.start() :], error=f"malformed tool call: {first_line}")
+    return Reply(content=text[: match.start()].strip(), calls=[call], finished=finished)
+
+
+__all__ = ["ensure_response_parser", "parse_reply"]

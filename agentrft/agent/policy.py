@@ -1,0 +1,151 @@
+"""Policies: what produces the assistant's next turn. A local model, or any OpenAI-compatible endpoint.
+
+A policy is one async method, ``generate(episodes, settings) -> replies``: one assistant turn for
+every episode of the batch, in order. The loop owns tools, budgets and turns; the policy owns how text
+is produced (and, for a local model, the token ids and loss mask).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import UserError
+from .episode import Episode, ParsedCall, Reply
+from .local import LocalPolicy
+from .settings import RolloutSettings
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Produces one assistant turn per episode.
+
+    Example (a policy that always answers "42"):
+        >>> class Constant:
+        ...     name = "constant"
+        ...     async def generate(self, episodes, settings):
+        ...         return [Reply(content="42") for _ in episodes]
+    """
+
+    name: str
+
+    async def generate(self, episodes: list[Episode], settings: RolloutSettings) -> list[Reply]: ...
+
+
+def chat_completions_base(url: str) -> str:
+    """``http://host:8001/v1/chat/completions`` or ``http://host:8001`` → ``http://host:8001/v1``."""
+    base = url.rstrip("/")
+    base = base.removesuffix("/chat/completions")
+    if not base.endswith("/v1"):
+        base += "/v1"
+    return base
+
+
+class EndpointPolicy:
+    """Any OpenAI-compatible ``/v1/chat/completions`` with ``tools`` (vLLM's server, a hosted API).
+
+    Requests go through the official ``openai`` client, at most ``max_concurrency`` at a time. Tool
+    calls come from the response's ``tool_calls``; arguments that are not valid JSON are recorded as
+    malformed calls. Token budgets are counted from the response's ``usage``.
+    """
+
+    tracks_tokens = False
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        max_concurrency: int = 32,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.base_url = chat_completions_base(base_url)
+        self.model = model
+        self.name = model
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def _client_for_this_loop(self) -> Any:
+        # httpx pools are bound to the event loop that opened them; the sync ``rollout`` wrapper runs a
+        # fresh loop per call, so the client is rebuilt when the loop changes.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            from openai import AsyncOpenAI
+
+            self._client = AsyncOpenAI(
+                base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=2
+            )
+            self._client_loop = loop
+        return self._client
+
+    async def generate(self, episodes: list[Episode], settings: RolloutSettings) -> list[Reply]:
+        client = self._client_for_this_loop()
+        limit = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(episode: Episode) -> Reply:
+            async with limit:
+                return await self._complete(client, episode, settings)
+
+        return list(await asyncio.gather(*(one(e) for e in episodes)))
+
+    async def _complete(self, client: Any, episode: Episode, settings: RolloutSettings) -> Reply:
+        import openai
+
+        room = settings.max_trajectory_tokens - episode.n_tokens
+        if room <= 0:
+            return Reply(content="", finished=False, out_of_budget=True)
+        request: dict[str, Any] = dict(
+            model=self.model,
+            messages=episode.messages,
+            max_tokens=min(settings.max_new_tokens, room),
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+        )
+        if episode.tools:
+            request["tools"] = episode.tools
+        if settings.seed is not None:
+            request["seed"] = settings.seed + episode.sample_index * 7919 + episode.replies
+        if settings.top_k:
+            request["extra_body"] = {"top_k": settings.top_k}  # vLLM's extension; OpenAI ignores it
+        try:
+            response = await client.chat.completions.create(**request)
+        except openai.APIConnectionError:
+            raise UserError(f"{self.base_url}: model endpoint unreachable") from None
+        except openai.APIStatusError as exc:
+            if exc.status_code in (401, 403, 404):
+                raise UserError(f"{self.base_url}: {exc.status_code} for model {self.model!r}") from None
+            return Reply(content=f"endpoint error {exc.status_code}: {exc.message}", finished=False, error=True)
+        choice = response.choices[0]
+        message = choice.message
+        calls = [_endpoint_call(call) for call in message.tool_calls or []]
+        content = message.content or ""
+        usage = getattr(response, "usage", None)
+        if usage is not None and usage.total_tokens:
+            episode.n_tokens = usage.prompt_tokens + usage.completion_tokens
+        else:  # no usage reported: a rough count keeps the budget meaningful
+            episode.n_tokens += len(content) // 4 + 1
+        return Reply(content=content.strip(), calls=calls, finished=choice.finish_reason != "length")
+
+
+def _endpoint_call(call: Any) -> ParsedCall:
+    function = getattr(call, "function", None)
+    name = getattr(function, "name", "") or ""
+    raw = getattr(function, "arguments", "") or ""
+    call_id = getattr(call, "id", "") or ""
+    try:
+        args = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        return ParsedCall(name=name, args={}, raw=raw, error=f"arguments are not valid JSON ({exc.msg})", call_id=call_id)
+    if not isinstance(args, dict):
+        return ParsedCall(name=name, args={}, raw=raw, error="arguments must be a JSON object", call_id=call_id)
+    if not name:
+        return ParsedCall(name="", args=args, raw=raw, error="tool call has no function name", call_id=call_id)
+    return ParsedCall(name=name, args=args, call_id=call_id)
+
+
+__all__ = ["EndpointPolicy", "LocalPolicy", "Policy", "chat_completions_base"]

@@ -1,0 +1,94 @@
+"""Token bookkeeping for a local model: render once, then only ever append.
+
+The prompt is rendered with the chat template once. After that the sequence only grows: the model's
+generated ids are appended verbatim (re-rendering a tool call through the template may not give back
+the tokens the model wrote, and the loss must be on what it wrote), and tool results are appended as
+the template's rendering of the tool messages plus the next assistant header, computed as a suffix
+delta against a small fixed conversation (as TRL's tool loop does). ``loss_mask`` is 1 exactly on
+generated tokens, end-of-turn token included, and 0 on everything the template or the tools wrote.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .episode import Episode
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
+    """Token ids of the opening messages with the tools and the assistant header."""
+    ids = tokenizer.apply_chat_template(
+        messages, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return list(ids)
+
+
+def tool_suffix_ids(tokenizer: Any, tool_messages: list[dict[str, Any]]) -> list[int]:
+    """Ids the template writes after an assistant turn's end token for these tool results.
+
+    Rendered against a fixed one-call conversation and taken as the difference, so the ids do not
+    depend on how the template would re-serialise the model's own tool call.
+    """
+    name = tool_messages[0].get("name") or "tool"
+    call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": {}}}
+    head = [{"role": "user", "content": "dummy"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    prefix = tokenizer.apply_chat_template(head, add_generation_prompt=False, tokenize=True, return_dict=False)
+    full = tokenizer.apply_chat_template(
+        head + tool_messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    prefix, full = list(prefix), list(full)
+    # Templates such as Qwen's write "<|im_end|>\n" after a turn; the model stops at "<|im_end|>", so
+    # the delta must start right after the end token, newline included.
+    ends = [i for i, tok in enumerate(prefix) if tok == tokenizer.eos_token_id]
+    if ends:
+        prefix = prefix[: ends[-1] + 1]
+    if full[: len(prefix)] != prefix:
+        raise ValueError("chat template is not prefix-preserving: tool results change earlier tokens")
+    return full[len(prefix) :]
+
+
+def start(episode: Episode, tokenizer: Any) -> None:
+    """Render the episode's opening messages; everything rendered so far carries no loss."""
+    ids = render_prompt(tokenizer, episode.messages, episode.tools)
+    episode.token_ids = ids
+    episode.loss_mask = [0] * len(ids)
+    episode.logprobs = []
+    episode.prompt_length = len(ids)
+    episode.rendered = len(episode.messages)
+    episode.n_tokens = len(ids)
+
+
+def pending_context(episode: Episode, tokenizer: Any) -> list[int]:
+    """Ids for messages added since the last generation (tool results), not yet appended."""
+    pending = episode.messages[episode.rendered :]
+    if not pending:
+        return []
+    roles = {message["role"] for message in pending}
+    if roles != {"tool"}:
+        raise ValueError(f"only tool messages can follow a generated turn, got roles {sorted(roles)}")
+    return tool_suffix_ids(tokenizer, pending)
+
+
+def append_context(episode: Episode, ids: list[int]) -> None:
+    """Append template/tool tokens (loss 0) and mark the pending messages as rendered."""
+    assert episode.token_ids is not None and episode.loss_mask is not None
+    episode.token_ids.extend(ids)
+    episode.loss_mask.extend([0] * len(ids))
+    episode.rendered = len(episode.messages)
+    episode.n_tokens = len(episode.token_ids)
+
+
+def append_generated(episode: Episode, ids: list[int], logprobs: list[float]) -> None:
+    """Append the model's own ids verbatim (loss 1) with their sampling log-probs.
+
+    The loop appends exactly one assistant message per generated turn, which these ids stand for.
+    """
+    assert episode.token_ids is not None and episode.loss_mask is not None and episode.logprobs is not None
+    episode.token_ids.extend(ids)
+    episode.loss_mask.extend([1] * len(ids))
+    episode.logprobs.extend(logprobs)
+    episode.rendered = len(episode.messages) + 1
+    episode.n_tokens = len(episode.token_ids)
+
+
+__all__ = ["append_context", "append_generated", "pending_context", "render_prompt", "start", "tool_suffix_ids"]

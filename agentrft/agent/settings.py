@@ -1,0 +1,30 @@
+"""Sampling and budget settings of a rollout, shared by every policy."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RolloutSettings(BaseModel):
+    """How a rollout samples and when it stops."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tool_calls: int = Field(default=12, ge=0)
+    """Tool calls a trajectory may execute; a reply asking for more ends it (stop_reason max_tool_calls)."""
+    max_trajectory_tokens: int = Field(default=4096, ge=1)
+    """Prompt + generations + tool results; the loop stops (stop_reason max_tokens) when it is spent."""
+    max_new_tokens: int = Field(default=256, ge=1)
+    """Tokens the model may generate in one turn; a turn cut by this limit ends the trajectory."""
+    temperature: float = Field(default=1.0, ge=0.0)
+    """Sampling temperature; 0 means greedy decoding."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    """0 turns top-k off (transformers would otherwise apply its default of 50)."""
+    seed: int | None = None
+    """Same rows + same seed + same policy give the same trajectories; None samples freshly."""
+    system_prompt: str | None = None
+    """None uses the running example's system prompt (agentrft.model.prompts.SYSTEM_PROMPT)."""
+
+
+__all__ = ["RolloutSettings"]

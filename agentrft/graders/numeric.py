@@ -1,0 +1,224 @@
+"""The numeric grader: the running example's reward, the tutorial's rubric made exact.
+
+Rubric (``score_numeric``):
+
+- **1.0** when the answer's value equals the reference up to format (``0.134`` = ``13.4%``,
+  ``$1,430M`` = ``$1.43B``, ``$842 million dollars`` = ``$842M``), or lies within the row's
+  ``expected.tolerance_rel`` when the row sets one. Without a tolerance there is none: ``13.41%``
+  against ``13.4%`` is not equal.
+- **0.5** when it is off by a tenth of a percentage point or less (percent references), by a
+  tenth of a percent or less (other references), or by a true rounding: the answer is the
+  reference rounded to fewer digits (``13%`` for ``13.4%``, ``$840M`` for ``$842M``), or the
+  reference is the answer rounded (``$1.43B`` for ``$1.4B``). A rounding must keep two significant
+  digits: ``10%`` is not a rounding of ``13.4%`` that earns credit.
+- **0** otherwise, and when the answer hedges: if it holds several *different* candidate values
+  (``13.4% or 13.5%``, ``between 13% and 14%``) it gets 0 whatever they are, since a policy
+  rewarded for a list learns to list.
+
+What counts as a candidate value. Period context is not an answer: quarters, dates, form names and
+bare years are ignored (``Q3 2025 operating margin: 13.4%`` is one value), as are bare integers
+that appear in the question. Numbers of a kind that cannot be the answer are supporting context,
+not hedges: a money amount in an answer to a percent question (``13.4% on revenue of $842M``).
+The same value written twice (``13.4% (0.134)``) is one value.
+
+Format readings. A plain number may stand for a percent (``0.134`` or ``13.4`` for ``13.4%``) or
+drop the reference's magnitude (``842`` for ``$842M``); the best reading counts. Signs must agree,
+unless the answer states the direction in words (``a net loss of $3.2M`` for ``($3.2M)``).
+Currencies must agree when both name one.
+
+A reference with no number is not the numeric grader's to judge: ``score_numeric`` raises
+``NonNumericReference`` and ``NumericGrader`` returns "no grade" with the reason — or, with
+``fallback="string"``, compares the texts (case, spaces and punctuation ignored).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from functools import lru_cache
+from typing import Literal
+
+from ..schema import Grade, Row, Trajectory
+from .quantities import Quantity, parse_quantities, states_direction
+
+_POINT = Decimal("0.001")  # a tenth of a percentage point, as a fraction; also a tenth of a percent
+
+
+class NonNumericReference(ValueError):
+    """The reference answer holds no single number to compare with."""
+
+
+@lru_cache(maxsize=4096)
+def _reference(reference: str) -> Quantity:
+    found = parse_quantities(reference)
+    chosen = [q for q in found if not q.context] or found
+    if not chosen:
+        raise NonNumericReference(f"reference {reference!r} has no number to compare with")
+    first = chosen[0]
+    if any(_readings(q, first).isdisjoint(_readings(first, first)) for q in chosen[1:]):
+        shown = ", ".join(q.text for q in chosen)
+        raise NonNumericReference(f"reference {reference!r} holds several numbers ({shown}); expected one")
+    return first
+
+
+def _readings(q: Quantity, ref: Quantity) -> set[Decimal]:
+    """The values ``q`` may stand for, in the reference's terms."""
+    out = {q.value}
+    if q.bare and ref.percent:
+        out.add(q.value.scaleb(-2))  # 13.4 for 13.4%
+    if q.percent and ref.bare:
+        out.add(q.value.scaleb(2))  # 13.4% for a plain 13.4
+    if q.bare and ref.magnitude:
+        out.add(q.value.scaleb(ref.magnitude))  # 842 for $842M
+    if ref.bare and q.magnitude and not q.percent:
+        out.add(q.value.scaleb(-q.magnitude))  # $842M for a plain 842
+    return out
+
+
+def _compatible(q: Quantity, ref: Quantity) -> bool:
+    """Could ``q`` be an answer to a question whose answer is ``ref``? (percent vs money)"""
+    money_ref = bool(ref.currency or ref.magnitude)
+    money_q = bool(q.currency or q.magnitude)
+    return not (q.percent and money_ref) and not (ref.percent and money_q)
+
+
+def _rounds_to(precise: Decimal, coarse: Decimal) -> bool:
+    """Is ``coarse`` ``precise`` rounded to fewer digits, keeping at least two significant ones?"""
+    if precise == coarse or precise.is_zero():
+        return False
+    low = max(precise.as_tuple().exponent + 1, coarse.as_tuple().exponent)  # type: ignore[operator]
+    for exponent in range(low, precise.adjusted()):  # < adjusted(): two significant digits stay
+        step = Decimal(1).scaleb(exponent)
+        for mode in (ROUND_HALF_UP, ROUND_HALF_EVEN):
+            if precise.quantize(step, rounding=mode) == coarse:
+                return True
+    return False
+
+
+def _show(value: Decimal, ref: Quantity) -> str:
+    if ref.percent:
+        return f"{value.scaleb(2).normalize():f} percentage points"
+    if ref.value.is_zero():
+        return f"{value.normalize():f}"
+    return f"{float(value / abs(ref.value)):.2%}"
+
+
+def _score_reading(value: Decimal, q: Quantity, ref: Quantity, tol: float | None) -> tuple[float, str]:
+    r = ref.value
+    if value == r:
+        return 1.0, f"{q.text} equals the reference {ref.text}" + ("" if q.text == ref.text else " up to format")
+    diff = abs(value - r)
+    if tol is not None and diff <= Decimal(str(tol)) * abs(r):
+        return 1.0, f"{q.text} is within the row's tolerance (±{tol:g} relative) of {ref.text}"
+    if ref.percent and diff <= _POINT:
+        return 0.5, f"{q.text} is within 0.1 percentage point of the reference {ref.text}"
+    if not ref.percent and not r.is_zero() and diff <= _POINT * abs(r):
+        return 0.5, f"{q.text} is within 0.1% of the reference {ref.text}"
+    if _rounds_to(r, value):
+        return 0.5, f"{q.text} is the reference {ref.text} rounded"
+    if _rounds_to(value, r):
+        return 0.5, f"the reference {ref.text} is {q.text} rounded"
+    return 0.0, f"{q.text} is off from the reference {ref.text} by {_show(diff, ref)}"
+
+
+def _score_quantity(q: Quantity, ref: Quantity, tol: float | None, direction: bool) -> tuple[float, str]:
+    if q.currency and ref.currency and q.currency != ref.currency:
+        return 0.0, f"{q.text} is in {q.currency}, the reference {ref.text} in {ref.currency}"
+    best: tuple[float, str] | None = None
+    for value in sorted(_readings(q, ref)):
+        if value.is_signed() != ref.value.is_signed() and not (value.is_zero() or ref.value.is_zero()):
+            if not direction:
+                scored = (0.0, f"{q.text} has the opposite sign of the reference {ref.text}")
+                best = best if best and best[0] >= scored[0] else scored
+                continue
+            value = -value  # "a loss of $3.2M": the sign is in the words
+        scored = _score_reading(value, q, ref, tol)
+        if best is None or scored[0] > best[0]:
+            best = scored
+    assert best is not None
+    return best
+
+
+def _question_integers(question: str) -> set[Decimal]:
+    return {q.value for q in parse_quantities(question) if q.bare and q.is_integer} if question else set()
+
+
+def score_numeric(
+    reference: str, answer: str, tolerance_rel: float | None = None, *, question: str = ""
+) -> tuple[float, str]:
+    """Score ``answer`` against a numeric ``reference``: ``(reward, reason)``, reward in {0, 0.5, 1}.
+
+    ``tolerance_rel`` is the row's ``expected.tolerance_rel``; ``question`` (the row's prompt)
+    lets bare integers that the question itself mentions be read as context, not as a hedge.
+    Raises ``NonNumericReference`` when the reference holds no single number.
+
+    >>> score_numeric("13.4%", "0.134")
+    (1.0, '0.134 equals the reference 13.4% up to format')
+    """
+    ref = _reference(reference)
+    if not answer.strip():
+        return 0.0, "empty answer"
+    asked = _question_integers(question)
+    found = parse_quantities(answer)
+    year_ref = ref.context
+    candidates = [
+        q
+        for q in found
+        if not (q.context and not year_ref)
+        and not (q.bare and q.value in asked and q.value != ref.value)
+        and _compatible(q, ref)
+    ]
+    if not candidates:
+        others = [q.text for q in found if not q.context]
+        if others:
+            return 0.0, f"no value of the reference's kind ({ref.text}) in the answer; found {', '.join(others)}"
+        return 0.0, "no number in the answer"
+    distinct: list[Quantity] = []
+    for q in candidates:
+        if all(_readings(q, ref).isdisjoint(_readings(d, ref)) for d in distinct):
+            distinct.append(q)
+    if len(distinct) > 1:
+        shown = ", ".join(q.text for q in distinct[:6])
+        return 0.0, f"answer hedges between {len(distinct)} different values ({shown}); expected one"
+    direction = states_direction(answer)
+    return max((_score_quantity(q, ref, tolerance_rel, direction) for q in candidates), key=lambda s: s[0])
+
+
+def _normal_text(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
+
+
+class NumericGrader:
+    """Grades ``trajectory.output_text`` with ``score_numeric`` against ``row.reference_answer``.
+
+    The tolerance is the row's ``expected.tolerance_rel`` unless ``tolerance_rel`` is set here.
+    """
+
+    def __init__(
+        self,
+        name: str = "numeric",
+        tolerance_rel: float | None = None,
+        fallback: Literal["none", "string"] = "none",
+        use_question: bool = True,
+    ) -> None:
+        self.name = name
+        self.tolerance_rel = tolerance_rel
+        self.fallback = fallback
+        self.use_question = use_question
+
+    def grade(self, row: Row, trajectory: Trajectory) -> Grade:
+        answer = trajectory.output_text
+        tol = self.tolerance_rel if self.tolerance_rel is not None else row.expected.tolerance_rel
+        question = row.prompt if self.use_question else ""
+        try:
+            reward, reason = score_numeric(row.reference_answer, answer, tol, question=question)
+        except NonNumericReference as exc:
+            if self.fallback != "string":
+                return Grade(reward=None, grader=self.name, reason=f"{exc} (numeric grader)")
+            same = _normal_text(answer) == _normal_text(row.reference_answer)
+            reason = "reference is not numeric; texts " + ("match" if same else "differ")
+            return Grade(reward=1.0 if same else 0.0, grader=self.name, reason=reason)
+        return Grade(reward=reward, grader=self.name, reason=reason)
+
+
+__all__ = ["NonNumericReference", "NumericGrader", "score_numeric"]

@@ -1,9 +1,129 @@
-"""Commands of agentrft.data (registered on the main app by agentrft.cli)."""
+"""Commands of agentrft.data: ``agentrft data synth | validate | split | stats | import-logs``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import UserError
+
+console = Console(highlight=False, emoji=False, soft_wrap=True)
+
+data_app = typer.Typer(
+    help="Step 2: build, validate and split the dataset (JSONL rows).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _strata_table(counts: dict[tuple[str, str], tuple[int, int]]) -> Table:
+    table = Table(title="Split per stratum (task type × difficulty)")
+    for name in ("task_type", "difficulty", "train", "val", "val share"):
+        table.add_column(name, justify="left" if name in ("task_type", "difficulty") else "right")
+    for (task, difficulty), (n_train, n_val) in sorted(counts.items()):
+        share = n_val / max(n_train + n_val, 1)
+        table.add_row(task, difficulty, str(n_train), str(n_val), f"{share:.0%}")
+    total_train = sum(t for t, _ in counts.values())
+    total_val = sum(v for _, v in counts.values())
+    table.add_row("total", "", str(total_train), str(total_val), "", style="bold")
+    return table
+
+
+@data_app.command("synth")
+def synth_command(
+    out: Path = typer.Option(..., "--out", help="Directory for corpus/ and research_{train,val}.jsonl."),
+    companies: int = typer.Option(8, help="How many fictional companies (2-16); about 50 rows each."),
+    seed: int = typer.Option(0, help="Same seed, same bytes."),
+) -> None:
+    """Generate the running example: a corpus of company filings and its question rows, split."""
+    from .synth import synth
+
+    summary = synth(out, companies=companies, seed=seed)
+    console.print(f"Wrote {summary.documents} documents under {out / 'corpus'}")
+    console.print(f"Wrote {summary.train_rows} rows to {summary.train_path}")
+    console.print(f"Wrote {summary.val_rows} rows to {summary.val_path}")
+    console.print(_strata_table(summary.strata))
+
+
+@data_app.command("validate")
+def validate_command(files: list[Path] = typer.Argument(..., help="Row files (JSONL), e.g. train and val.")) -> None:
+    """Check rows: fields, types, tool specs, duplicate ids and train/val leakage; report every problem."""
+    from .validate import summary_lines, validate_files
+
+    report = validate_files(files)
+    if not report.ok:
+        count = len(report.problems)
+        raise UserError("\n".join([*report.problems, f"{count} problem{'s' if count != 1 else ''} found"]))
+    for line in summary_lines(report):
+        console.print(line, markup=False)
+
+
+def _read_raw_lines(path: Path) -> list[str]:
+    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@data_app.command("split")
+def split_command(
+    file: Path = typer.Argument(..., help="A JSONL file of rows."),
+    val_frac: float = typer.Option(0.2, "--val-frac", help="Share of each stratum held out, in (0, 0.5]."),
+    seed: int = typer.Option(0, help="Seed of the shuffle within each stratum."),
+    out_dir: Path = typer.Option(..., "--out-dir", help="Where NAME_train.jsonl and NAME_val.jsonl go."),
+    name: str = typer.Option("", help="Output name stem (default: the input's stem)."),
+) -> None:
+    """Split rows into train/val, stratified by task type × difficulty; ids unchanged."""
+    from ..jsonl import read_models
+    from ..schema import Row
+    from .split import check_val_frac, stratified_split
+
+    check_val_frac(val_frac)
+    rows = read_models(file, Row)
+    if len(rows) < 2:
+        raise UserError(f"{file}: {len(rows)} rows; a split needs at least 2")
+    # Rows are written back as they were read (same keys, same order), not re-serialised.
+    raw = {id(row): line for row, line in zip(rows, _read_raw_lines(file))}
+    result = stratified_split(rows, val_frac, seed)
+    stem = name or file.stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for side, part in (("train", result.train), ("val", result.val)):
+        target = out_dir / f"{stem}_{side}.jsonl"
+        if target.resolve() == file.resolve():
+            raise UserError(f"{target}: would overwrite the input; pass --name or another --out-dir")
+        target.write_text("".join(raw[id(row)] + "\n" for row in part), encoding="utf-8")
+        console.print(f"Wrote {len(part)} rows to {target}")
+    console.print(_strata_table(result.counts))
+
+
+@data_app.command("stats")
+def stats_command(files: list[Path] = typer.Argument(..., help="Row files (JSONL).")) -> None:
+    """Print the task-type and difficulty distributions of row files."""
+    from .stats import print_stats
+
+    print_stats(files, console)
+
+
+@data_app.command("import-logs")
+def import_logs_command(
+    logs: Path = typer.Argument(..., help="Chat-completions logs, one JSON record a line."),
+    out: Path = typer.Option(..., "--out", help="Where to write the rows (JSONL)."),
+    id_prefix: str = typer.Option("log", help="Row ids become PREFIX-0001, PREFIX-0002, ..."),
+) -> None:
+    """Turn production logs with a reference (label, reference_answer or reviewer feedback) into rows."""
+    from ..jsonl import write_models
+    from .logs import import_logs
+
+    result = import_logs(logs, id_prefix=id_prefix)
+    for reason in result.left_out:
+        console.print(f"left out: {reason}", markup=False)
+    if not result.rows:
+        raise UserError(f"{logs}: no log line has a usable reference; nothing written")
+    write_models(out, result.rows)
+    console.print(f"Kept {len(result.rows)} rows, left out {len(result.left_out)}; wrote {out}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this step's commands to the main app."""
+    app.add_typer(data_app, name="data")
+

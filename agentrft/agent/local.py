@@ -132,7 +132,7 @@ class LocalPolicy:
             seed = None
             if settings.seed is not None:
                 seed = settings.seed * 1_000_003 + max(e.replies for e in batch) * 7919 + start
-            outputs = self._sample([e.token_ids or [] for e in batch], max(n for _, n in chunk), settings, seed)
+            outputs = self._sample(batch, max(n for _, n in chunk), settings, seed)
             for (index, limit), (ids, logprobs) in zip(chunk, outputs, strict=True):
                 episode = episodes[index]
                 ids, logprobs = ids[:limit], logprobs[:limit]
@@ -143,10 +143,11 @@ class LocalPolicy:
         return [reply for reply in replies if reply is not None]
 
     def _sample(
-        self, contexts: list[list[int]], max_new_tokens: int, settings: RolloutSettings, seed: int | None
+        self, batch: list[Episode], max_new_tokens: int, settings: RolloutSettings, seed: int | None
     ) -> list[tuple[list[int], list[float]]]:
-        """Batched generation with left padding; returns each row's new ids (through its stop token)."""
+        """Batched generation with left padding; returns each episode's new ids (through its stop token)."""
         device = self.device
+        contexts = [episode.token_ids or [] for episode in batch]
         width = max(len(c) for c in contexts)
         input_ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(contexts), width), dtype=torch.long)

@@ -1,0 +1,143 @@
+"""Policies and servers whose output a test controls, built on the real machinery.
+
+- ``ScriptedLocalPolicy``: a ``LocalPolicy`` whose turns come from a script instead of sampling; the
+  ids still go through the real tokenizer, chat template, response parser and loss-mask bookkeeping,
+  and the log-probs are the model's own (one forward pass), so training code can run on them.
+- ``running_chat_server``: a real OpenAI-compatible ``/v1/chat/completions`` on a free loopback port
+  (FastAPI + uvicorn in a thread) that answers from a script; it records every request it gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .episode import Episode
+from .local import LocalPolicy
+from .settings import RolloutSettings
+
+Script = Callable[[list[dict[str, Any]]], str | dict[str, Any]]
+"""Given the conversation so far (OpenAI messages), the next assistant turn: text to emit verbatim
+(local) or ``{"content": ..., "tool_calls": [(name, arguments_json), ...]}`` (chat server)."""
+
+
+def tool_call_text(name: str, arguments: dict[str, Any]) -> str:
+    """A tool call as a Qwen-style model writes it."""
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+class ScriptedLocalPolicy(LocalPolicy):
+    """A LocalPolicy that emits ``script(messages)`` (then the end-of-turn token) instead of sampling."""
+
+    def __init__(self, model: Any, tokenizer: Any, script: Script, **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, **kwargs)
+        self.script = script
+
+    def _sample(
+        self, batch: list[Episode], max_new_tokens: int, settings: RolloutSettings, seed: int | None
+    ) -> list[tuple[list[int], list[float]]]:
+        import torch
+
+        results = []
+        for episode in batch:
+            text = self.script(episode.messages)
+            if not isinstance(text, str):
+                raise TypeError("a local script returns the text to emit")
+            context = list(episode.token_ids or [])
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + [self.stop_ids[0]]
+            ids = ids[:max_new_tokens]
+            with torch.no_grad():
+                full = torch.tensor([context + ids], device=self.device)
+                logits = self.model(input_ids=full).logits[0, len(context) - 1 : -1].float()
+                logprobs = torch.log_softmax(logits, -1).gather(1, full[0, len(context) :, None]).squeeze(1)
+            results.append((ids, logprobs.cpu().tolist()))
+        return results
+
+
+@dataclass
+class ChatLog:
+    """What a scripted chat server received."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    max_in_flight: int = 0
+    in_flight: int = 0
+
+
+def _completion(turn: str | dict[str, Any], model: str, index: int, prompt_chars: int) -> dict[str, Any]:
+    turn = {"content": turn} if isinstance(turn, str) else turn
+    calls = [
+        {"id": f"call_{index}_{k}", "type": "function", "function": {"name": name, "arguments": arguments}}
+        for k, (name, arguments) in enumerate(turn.get("tool_calls", []))
+    ]
+    content = turn.get("content")
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    completion_tokens = len(content or "") // 4 + 10 * len(calls) + 1
+    return {
+        "id": f"chatcmpl-{index}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": turn.get("finish_reason") or ("tool_calls" if calls else "stop")}],
+        "usage": {
+            "prompt_tokens": prompt_chars // 4,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_chars // 4 + completion_tokens,
+        },
+    }
+
+
+@contextlib.contextmanager
+def running_chat_server(script: Script, model: str = "scripted", delay_s: float = 0.0) -> Iterator[tuple[str, ChatLog]]:
+    """Serve ``script`` as an OpenAI-compatible chat endpoint; yields (base URL ending in /v1, log)."""
+    import asyncio
+
+    import uvicorn
+    from fastapi import FastAPI, Request
+
+    app = FastAPI()
+    log = ChatLog()
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        log.requests.append(body)
+        log.in_flight += 1
+        log.max_in_flight = max(log.max_in_flight, log.in_flight)
+        try:
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            turn = script(body["messages"])
+        finally:
+            log.in_flight -= 1
+        chars = sum(len(str(m.get("content") or "")) for m in body["messages"])
+        return _completion(turn, body.get("model", model), len(log.requests), chars)
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="chat-server")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("chat server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", log
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+__all__ = ["ChatLog", "ScriptedLocalPolicy", "running_chat_server", "tool_call_text"]

@@ -1,0 +1,192 @@
+"""The agent loop end to end: the real tiny model and tokenizer, the real tool server on loopback."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agentrft.agent import RolloutSettings, rollout
+from agentrft.jsonl import read_models
+from agentrft.schema import MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
+from conftest import TOOL_TOKEN
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def rows(synth_dir: Path) -> list[Row]:
+    return read_models(synth_dir / "research_val.jsonl", Row)[:4]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(2)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def scripted(model_and_tokenizer, script):
+    from agentrft.agent.testing import ScriptedLocalPolicy
+
+    model, tokenizer = model_and_tokenizer
+    return ScriptedLocalPolicy(model, tokenizer, script)
+
+
+def n_results(messages) -> int:
+    return sum(1 for m in messages if m["role"] == "tool")
+
+
+def research_script(messages):
+    """search → read the top hit → answer: what a good research agent does."""
+    from agentrft.agent.testing import tool_call_text
+
+    done = n_results(messages)
+    if done == 0:
+        return "Let me search.\n" + tool_call_text("search", {"query": messages[-1]["content"], "top_k": 2})
+    if done == 1:
+        path = re.search(r"(\S+\.html)", messages[-1]["content"]).group(1)
+        return tool_call_text("read", {"path": path})
+    return "$210M"
+
+
+def runs(mask: list[int]) -> list[tuple[int, int, int]]:
+    """(value, start, end) runs of a 0/1 mask."""
+    out, start = [], 0
+    for i in range(1, len(mask) + 1):
+        if i == len(mask) or mask[i] != mask[start]:
+            out.append((mask[start], start, i))
+            start = i
+    return out
+
+
+def test_tool_result_tokens_are_exactly_the_masked_ones(model_and_tokenizer, tool_server, rows):
+    _, tokenizer = model_and_tokenizer
+    policy = scripted(model_and_tokenizer, research_script)
+    trajectories = rollout(rows[:2], policy, tool_server, TOOL_TOKEN, RolloutSettings(seed=0, max_trajectory_tokens=8192))
+    for trajectory in trajectories:
+        assert trajectory.stop_reason == "answer" and trajectory.output_text == "$210M"
+        assert [t.name for t in trajectory.tool_calls] == ["search", "read"]
+        results = [t for t in trajectory.turns if isinstance(t, ToolResultTurn)]
+        assert len(results) == 2 and not any(r.is_error for r in results), results
+        ids, mask = trajectory.token_ids, trajectory.loss_mask
+        assert len(ids) == len(mask) and len(trajectory.logprobs) == sum(mask)
+        assert all(v <= 0 for v in trajectory.logprobs)
+        segments = runs(mask)
+        assert segments[0] == (0, 0, trajectory.prompt_length)
+        generated = [tokenizer.decode(ids[a:b]) for v, a, b in segments if v == 1]
+        context = [tokenizer.decode(ids[a:b]) for v, a, b in segments[1:] if v == 0]
+        assert [g.endswith("<|im_end|>") for g in generated] == [True] * 3
+        assert generated[2] == "$210M<|im_end|>"
+        # Every zero run after the prompt is one tool result as the template renders it, nothing more.
+        assert len(context) == 2
+        for text, result in zip(context, results):
+            expected = f"\n<|im_start|>user\n<tool_response>\n{result.output}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+            assert text == expected
+        # Appending never drifted from what rendering the whole conversation gives.
+        full = tokenizer.apply_chat_template(
+            _as_template_messages(trajectory), tools=[s.model_dump() for s in rows[0].tools], tokenize=True,
+            return_dict=False,
+        )
+        assert list(full)[: len(ids)] == ids
+
+
+def _as_template_messages(trajectory: Trajectory) -> list[dict]:
+    messages: list[dict] = []
+    for turn in trajectory.turns:
+        if isinstance(turn, MessageTurn):
+            messages.append({"role": turn.role, "content": turn.content})
+        elif isinstance(turn, ToolCallTurn):
+            if not (messages[-1]["role"] == "assistant" and "tool_calls" in messages[-1]):
+                if messages[-1]["role"] == "assistant":
+                    messages[-1]["tool_calls"] = []
+                else:
+                    messages.append({"role": "assistant", "content": "", "tool_calls": []})
+            messages[-1]["tool_calls"].append({"type": "function", "function": {"name": turn.name, "arguments": turn.args}})
+        else:
+            messages.append({"role": "tool", "name": turn.name, "content": turn.output})
+    return messages
+
+
+def test_malformed_unknown_and_failing_calls_are_recorded_not_raised(model_and_tokenizer, tool_server, rows):
+    from agentrft.agent.testing import tool_call_text
+
+    def script(messages):
+        return [
+            '<tool_call>\n{"name": "search", "arguments": {"query": \n</tool_call>',
+            tool_call_text("browse", {"url": "x"}),
+            tool_call_text("read", {"path": "filings/no-such-file.html"}),
+            "I could not find it.",
+        ][n_results(messages)]
+
+    policy = scripted(model_and_tokenizer, script)
+    (trajectory,) = rollout(rows[:1], policy, tool_server, TOOL_TOKEN, RolloutSettings(seed=0))
+    calls, results = trajectory.tool_calls, [t for t in trajectory.turns if isinstance(t, ToolResultTurn)]
+    assert trajectory.stop_reason == "answer" and trajectory.output_text == "I could not find it."
+    assert calls[0].error and calls[0].error.startswith("malformed tool call") and '"query"' in calls[0].raw
+    assert calls[1].name == "browse" and calls[2].name == "read" and calls[2].error is None
+    assert [r.is_error for r in results] == [True, True, True]
+    assert "unknown tool 'browse'" in results[1].output
+    assert results[2].output.startswith("Error")
+    # The model was shown each error: the tool-result tokens carry the error text.
+    _, tokenizer = model_and_tokenizer
+    shown = tokenizer.decode(trajectory.token_ids)
+    assert all(r.output in shown for r in results)
+
+
+def test_tool_call_budget_stops_the_loop(model_and_tokenizer, tool_server, rows):
+    from agentrft.agent.testing import tool_call_text
+
+    policy = scripted(model_and_tokenizer, lambda m: tool_call_text("list", {"prefix": "filings/"}))
+    (trajectory,) = rollout(rows[:1], policy, tool_server, TOOL_TOKEN, RolloutSettings(max_tool_calls=3, max_trajectory_tokens=100_000))
+    executed = [t for t in trajectory.turns if isinstance(t, ToolResultTurn)]
+    assert trajectory.stop_reason == "max_tool_calls"
+    assert len(executed) == 3 and trajectory.n_tool_calls == 4
+    assert trajectory.tool_calls[-1].error.startswith("not run")
+
+
+def test_token_budget_stops_the_loop(model_and_tokenizer, tool_server, rows):
+    from agentrft.agent.testing import tool_call_text
+
+    policy = scripted(model_and_tokenizer, lambda m: tool_call_text("list", {"prefix": ""}))
+    settings = RolloutSettings(max_tool_calls=100, max_trajectory_tokens=1200)
+    (trajectory,) = rollout(rows[:1], policy, tool_server, TOOL_TOKEN, settings)
+    assert trajectory.stop_reason == "max_tokens"
+    assert len(trajectory.token_ids) <= 1200
+    assert trajectory.loss_mask[-1] == 1  # results that did not fit are not in the ids
+    assert trajectory.n_tool_calls >= 1
+
+
+def test_untrained_model_rollouts_are_recorded_and_reproducible(tiny_model_dir, tool_server, rows):
+    from agentrft.agent.policy import LocalPolicy
+
+    policy = LocalPolicy.from_pretrained(tiny_model_dir)
+    settings = RolloutSettings(seed=7, max_new_tokens=24, max_trajectory_tokens=1536, temperature=1.0)
+    first = rollout(rows, policy, tool_server, TOOL_TOKEN, settings, samples_per_row=2)
+    again = rollout(rows, policy, tool_server, TOOL_TOKEN, settings, samples_per_row=2)
+    other = rollout(rows, policy, tool_server, TOOL_TOKEN, settings.model_copy(update={"seed": 8}), samples_per_row=2)
+    assert [(t.row_id, t.sample_index) for t in first] == [(r.id, k) for r in rows for k in range(2)]
+    strip = lambda ts: [t.model_dump(exclude={"elapsed_s"}) for t in ts]  # noqa: E731
+    assert strip(first) == strip(again)
+    assert [t.token_ids for t in first] != [t.token_ids for t in other]
+    for t in first:
+        assert t.stop_reason in ("answer", "max_tokens", "max_tool_calls")
+        assert len(t.token_ids) == len(t.loss_mask) <= 1536
+        assert len(t.logprobs) == sum(t.loss_mask) > 0
+        assert t.loss_mask[: t.prompt_length] == [0] * t.prompt_length
+
+
+def test_greedy_is_deterministic_and_left_padding_is_harmless(tiny_model_dir, tool_server, rows):
+    """A row's greedy rollout does not depend on which other rows share its batch."""
+    from agentrft.agent.policy import LocalPolicy
+
+    policy = LocalPolicy.from_pretrained(tiny_model_dir)
+    settings = RolloutSettings(temperature=0, max_new_tokens=8, max_tool_calls=0)
+    alone = rollout(rows[1:2], policy, tool_server, TOOL_TOKEN, settings)[0]
+    batched = rollout(rows[:3], policy, tool_server, TOOL_TOKEN, settings)[1]
+    n = alone.prompt_length
+    assert alone.token_ids[: n + 1] == batched.token_ids[: n + 1]
+    assert alone.logprobs[0] == pytest.approx(batched.logprobs[0], abs=1e-4)

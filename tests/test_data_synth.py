@@ -16,6 +16,7 @@ from agentrft.data.split import stratified_split
 from agentrft.data.synth import METRIC_LABELS, synth
 from agentrft.data.validate import validate_files
 from agentrft.jsonl import read_models
+from agentrft.tools.corpus import html_to_text
 from agentrft.schema import Row
 
 
@@ -84,8 +85,11 @@ def test_highlights_in_first_400_characters_of_every_filing(synth_dir: Path) -> 
     for rel, figures in facts.items():
         head = _text(synth_dir / "corpus" / rel)[:400]
         lines = {line.strip() for line in head.splitlines()}
+        # ... and in the text the read tool returns (title first, then the body).
+        tool_head = html_to_text((synth_dir / "corpus" / rel).read_text(encoding="utf-8"))[:400]
         for metric, label in METRIC_LABELS.items():
             assert f"{label}: {figures[metric]}" in lines, (rel, metric)
+            assert f"\n{label}: {figures[metric]}\n" in tool_head, (rel, metric)
 
 
 def test_lookup_answers_are_printed_in_their_evidence_document(synth_dir: Path) -> None:

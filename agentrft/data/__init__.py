@@ -1,1 +1,22 @@
-"""agentrft.data"""
+"""Step 2, the dataset: the synthetic filings corpus and its rows, validation, splitting, log import."""
+
+from .facts import COMPANIES, METRIC_LABELS, STATEMENT_LABELS, Filing, build_filings, filing_facts
+from .logs import import_logs
+from .split import stratified_split
+from .synth import SynthSummary, synth, synth_rows
+from .validate import validate_files
+
+__all__ = [
+    "COMPANIES",
+    "METRIC_LABELS",
+    "STATEMENT_LABELS",
+    "Filing",
+    "SynthSummary",
+    "build_filings",
+    "filing_facts",
+    "import_logs",
+    "stratified_split",
+    "synth",
+    "synth_rows",
+    "validate_files",
+]

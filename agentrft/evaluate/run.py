@@ -1,0 +1,272 @@
+"""Step 7: ``agentrft eval`` — run the agent on a dataset and grade every rollout, per row and sample.
+
+The loop that evaluates is the loop that trains (``agentrft.agent.run_rollouts``), so a reward
+measured here means the same as one logged in training. Evaluation is greedy by default: one
+deterministic answer per row makes base vs tuned a paired comparison with no sampling noise; with
+``--samples K`` each row is sampled K times and compared on its mean.
+
+Records are appended batch by batch, trajectory first and record second, so an interrupted run
+resumes where it stopped: rows (and samples) already in the output file are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
+from ..jsonl import read_models, write_models
+from ..schema import EvalRecord, Row, Trajectory
+from .records import traces_path_for
+
+if TYPE_CHECKING:
+    from ..agent.settings import RolloutSettings
+    from ..graders import Grader
+
+# Rows per rollout call: big enough to batch generation, small enough that an interrupted run
+# loses little and the progress bar moves.
+BATCH_ROWS = 8
+
+
+@dataclass
+class EvalOptions:
+    """What ``agentrft eval`` was asked to do (the CLI's flags, one to one)."""
+
+    model: str
+    data: Path
+    out: Path
+    samples: int = 1
+    tools_url: str | None = None
+    token_file: Path | None = None
+    grader: Path | None = None
+    config: Path | None = None
+    temperature: float | None = None
+    seed: int = 0
+    served_model: str | None = None
+    limit: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class EvalSummary:
+    """What an evaluation wrote, and the file's totals (old and new records together)."""
+
+    out: Path
+    traces: Path
+    written: int
+    skipped_rows: int
+    records: int
+    mean_reward: float | None
+    mean_tool_calls: float
+    ungraded: int
+
+    def describe(self) -> str:
+        reward = "n/a" if self.mean_reward is None else f"{self.mean_reward:.3f}"
+        lines = [
+            f"wrote {self.written} records to {self.out} (trajectories in {self.traces.name})",
+            f"mean reward: {reward} over {self.records - self.ungraded} graded records; "
+            f"mean tool calls: {self.mean_tool_calls:.2f}",
+        ]
+        if self.skipped_rows:
+            lines.insert(1, f"skipped {self.skipped_rows} rows already in {self.out.name}")
+        if self.ungraded:
+            lines.append(f"no grade (the grader failed): {self.ungraded} records")
+        return "\n".join(lines)
+
+
+def is_endpoint(model: str) -> bool:
+    return model.startswith(("http://", "https://"))
+
+
+def _read_token(options: EvalOptions, config_token: str | None) -> str | None:
+    if options.token_file is not None:
+        try:
+            return options.token_file.read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise UserError(f"--token-file {options.token_file}: cannot read it ({exc.strerror})") from None
+    return config_token or os.environ.get("TOOL_BEARER")
+
+
+def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | None, Path | None]:
+    """Rollout settings, tool server URL, token and grader path, from the flags and the config."""
+    from ..agent.settings import RolloutSettings
+
+    fields: dict[str, Any] = {"seed": options.seed}
+    tools_url, config_token, grader = options.tools_url, None, options.grader
+    if options.config is not None:
+        from ..train.config import load_config
+
+        cfg = load_config(options.config)
+        for name in ("max_tool_calls", "max_trajectory_tokens", "max_new_tokens", "top_p", "top_k", "system_prompt"):
+            fields[name] = getattr(cfg, name)
+        tools_url = tools_url or cfg.tools_url
+        config_token = cfg.tools_token()
+        grader = grader or cfg.grader
+        if options.samples > 1 and options.temperature is None:
+            fields["temperature"] = cfg.temperature
+    if options.samples == 1 and options.temperature is None:
+        fields["temperature"] = 0.0  # greedy: one deterministic answer per row
+    elif options.temperature is not None:
+        fields["temperature"] = options.temperature
+    if not tools_url:
+        raise UserError("eval: pass --tools-url URL (the tool server from 'agentrft tools serve') or --config CONFIG")
+    return RolloutSettings(**fields), tools_url, _read_token(options, config_token), grader
+
+
+def _served_model_name(base_url: str) -> str:
+    import httpx
+
+    from ..agent.policy import chat_completions_base
+
+    url = chat_completions_base(base_url) + "/models"
+    try:
+        reply = httpx.get(url, timeout=10.0)
+        return str(reply.json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+        raise UserError(f"{url}: cannot list the served models; pass --served-model NAME") from None
+
+
+def make_policy(options: EvalOptions, settings: RolloutSettings) -> tuple[Any, RolloutSettings]:
+    """A local model or an endpoint; for a local model the token budget fits its context."""
+    if is_endpoint(options.model):
+        from ..agent.policy import EndpointPolicy
+
+        name = options.served_model or _served_model_name(options.model)
+        return EndpointPolicy(options.model, name), settings
+    from ..agent.local import LocalPolicy
+
+    if not Path(options.model).exists():
+        raise UserError(f"--model {options.model}: no such model directory (or give an http:// endpoint)")
+    policy = LocalPolicy.from_pretrained(options.model, device="cuda" if _has_cuda() else "cpu")
+    policy.name = options.model
+    # A trajectory longer than the model's position table is outside anything it was trained on.
+    limit = getattr(policy.model.config, "max_position_embeddings", None)
+    updates: dict[str, Any] = {}
+    if limit and settings.max_trajectory_tokens > limit:
+        updates["max_trajectory_tokens"] = int(limit)
+    turn = getattr(policy.model.generation_config, "max_new_tokens", None)
+    if options.config is None and turn:
+        updates["max_new_tokens"] = int(turn)  # the model's own turn length, unless a config says otherwise
+    return policy, settings.model_copy(update=updates)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    return not is_endpoint(a) and not is_endpoint(b) and Path(a).resolve() == Path(b).resolve()
+
+
+def load_done(out: Path, model: str) -> list[EvalRecord]:
+    """Records already in ``out``; refuses a file written by another model (it would mix two runs)."""
+    if not out.exists():
+        return []
+    done = read_models(out, EvalRecord)
+    others = sorted({r.model for r in done if r.model and not _same_model(r.model, model)})
+    if others:
+        raise UserError(f"{out}: holds results of model {others[0]}, not {model}; choose another --out")
+    return done
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def _record(row: Row, trajectory: Trajectory, grade: Any, model: str, trace_file: str, line: int) -> EvalRecord:
+    return EvalRecord(
+        id=row.id, sample_index=trajectory.sample_index, model=model,
+        reward=grade.reward, reason=grade.reason, tool_calls=trajectory.n_tool_calls,
+        answer=trajectory.output_text, stop_reason=trajectory.stop_reason,
+        task_type=row.metadata.task_type, difficulty=row.metadata.difficulty,
+        trace_file=trace_file, trace_line=line,
+    )
+
+
+async def _run_batches(
+    todo: list[tuple[Row, set[int]]], options: EvalOptions, policy: Any, grader: Grader,
+    settings: RolloutSettings, tools_url: str, token: str | None, advance: Any,
+) -> int:
+    from ..agent.loop import run_rollouts
+    from ..graders import grade_all
+    from ..tools.client import ToolClient, ToolServerUnavailable
+
+    traces = traces_path_for(options.out)
+    trace_file = os.path.relpath(traces, options.out.parent)
+    line = _count_lines(traces)
+    written = 0
+    async with ToolClient(tools_url, token=token) as client:
+        for start in range(0, len(todo), BATCH_ROWS):
+            batch = todo[start : start + BATCH_ROWS]
+            rows = [row for row, _ in batch]
+            try:
+                trajectories = await run_rollouts(rows, policy, client, settings, options.samples, advance)
+            except ToolServerUnavailable as exc:
+                raise UserError(f"{exc}; is 'agentrft tools serve' running at {tools_url}?") from None
+            by_row = {row.id: (row, missing) for row, missing in batch}
+            keep = [t for t in trajectories if t.sample_index in by_row[t.row_id][1]]
+            pairs = [(by_row[t.row_id][0], t) for t in keep]
+            grades = await asyncio.to_thread(grade_all, grader, [r for r, _ in pairs], [t for _, t in pairs])
+            records = []
+            for (row, trajectory), grade in zip(pairs, grades):
+                line += 1
+                records.append(_record(row, trajectory, grade, options.model, trace_file, line))
+            write_models(traces, [t for _, t in pairs], append=True)
+            written += write_models(options.out, records, append=True)
+    return written
+
+
+def _summary(options: EvalOptions, written: int, skipped: int) -> EvalSummary:
+    records = read_models(options.out, EvalRecord) if options.out.exists() else []
+    graded = [r.reward for r in records if r.reward is not None]
+    return EvalSummary(
+        out=options.out, traces=traces_path_for(options.out), written=written, skipped_rows=skipped,
+        records=len(records), mean_reward=sum(graded) / len(graded) if graded else None,
+        mean_tool_calls=sum(r.tool_calls for r in records) / len(records) if records else 0.0,
+        ungraded=len(records) - len(graded),
+    )
+
+
+def evaluate(options: EvalOptions) -> EvalSummary:
+    """Evaluate a model on a dataset into ``options.out`` (appending; rows already there are skipped)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..agent.loop import run_sync
+    from ..graders import default_grader, load_grader
+
+    rows = read_models(options.data, Row)[: options.limit]
+    if not rows:
+        raise UserError(f"{options.data}: no rows to evaluate")
+    settings, tools_url, token, grader_path = resolve_settings(options)
+    grader = load_grader(grader_path) if grader_path else default_grader()
+    done: dict[str, set[int]] = {}
+    for rec in load_done(options.out, options.model):
+        done.setdefault(rec.id, set()).add(rec.sample_index)
+    todo = [(row, set(range(options.samples)) - done.get(row.id, set())) for row in rows]
+    todo = [(row, missing) for row, missing in todo if missing]
+    skipped = len(rows) - len(todo)
+    if not todo:
+        return _summary(options, 0, skipped)
+    policy, settings = make_policy(options, settings)
+    total = len(todo) * options.samples
+    with Progress(
+        TextColumn("eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), disable=not options.progress,
+    ) as progress:
+        task = progress.add_task(Path(options.model).name or options.model, total=total)
+        written = run_sync(
+            _run_batches(todo, options, policy, grader, settings, tools_url, token,
+                         lambda n: progress.advance(task, n))
+        )
+    return _summary(options, written, skipped)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from .facts import METRIC_LABELS, Filing, format_money, format_percent, possessive, round_pct
+from .facts import METRIC_LABELS, PERCENT_METRICS, Filing, format_money, format_percent, possessive, round_pct
 
 LOOKUP_TOLERANCE = 0.005
 COMPUTE_TOLERANCE = 0.02
@@ -75,14 +75,14 @@ EASY_TEMPLATES = (
     "According to its 10-Q, what was {co} {metric} in {period}?",
 )
 MEDIUM_TEMPLATES = (
-    "How much {metric} did {name} report for {words}?",
+    "How much did {name} report in {metric} for {words}?",
     "What {metric} did {name} post in {words}?",
     "In {words}, what was {co} {metric}?",
     "Find {co} {metric} for {words}.",
 )
 HARD_TEMPLATES = (
     "What was {co} {metric} in {period}, in $ millions?",
-    "How much {metric} did {name} report for {period}?",
+    "How much did {name} report in {metric} for {period}?",
     "Look up {co} {metric} for {period}.",
 )
 
@@ -100,6 +100,8 @@ def lookups(filings: list[Filing], rng: random.Random) -> Iterator[Question]:
             quarterly = f.period.quarter is not None
             difficulty = "easy" if quarterly and rng.random() < 0.7 else "medium"
             templates = EASY_TEMPLATES if difficulty == "easy" else MEDIUM_TEMPLATES
+            if metric in PERCENT_METRICS:  # "how much operating margin" reads wrong
+                templates = tuple(t for t in templates if not t.startswith("How much"))
             yield _lookup(f, metric, _lower(label), f.statement.display(metric), difficulty, rng.choice(templates))
         for metric, words in (("cost_of_revenue", "cost of revenue"), ("operating_expenses", "operating expenses")):
             amount = getattr(f.statement, metric)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -17,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from fastapi import FastAPI, Request
 
 from .episode import Episode
 from .local import LocalPolicy
@@ -97,10 +100,7 @@ def _completion(turn: str | dict[str, Any], model: str, index: int, prompt_chars
 @contextlib.contextmanager
 def running_chat_server(script: Script, model: str = "scripted", delay_s: float = 0.0) -> Iterator[tuple[str, ChatLog]]:
     """Serve ``script`` as an OpenAI-compatible chat endpoint; yields (base URL ending in /v1, log)."""
-    import asyncio
-
     import uvicorn
-    from fastapi import FastAPI, Request
 
     app = FastAPI()
     log = ChatLog()

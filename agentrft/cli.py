@@ -39,9 +39,9 @@ def _register_all() -> None:
     from .model import cli as model_cli
     from .train import cli as train_cli
     from .evaluate import cli as evaluate_cli
-    from . import demo, plan
+    from . import demo, plan, serve
 
-    for module in (data_cli, tools_cli, graders_cli, agent_cli, model_cli, train_cli, evaluate_cli, plan, demo):
+    for module in (data_cli, tools_cli, graders_cli, agent_cli, model_cli, train_cli, evaluate_cli, plan, serve, demo):
         module.register(app)
 
 

@@ -1,9 +1,96 @@
-"""Commands of agentrft.agent (registered on the main app by agentrft.cli)."""
+"""``agentrft prior-check CONFIG``: step 1, is there signal for RFT in the base model?"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from ..errors import UserError
+
+_out = Console(highlight=False, soft_wrap=True)
+
+
+def prior_check_command(
+    config: Path = typer.Argument(..., help="The training config (YAML): base_model, val_path, tools, grader, sampling."),
+    n: int = typer.Option(50, "--n", min=1, help="Rows to check (the first N of val_path)."),
+    rollouts: int = typer.Option(5, "--rollouts", min=1, help="Rollouts per row."),
+    out: Path = typer.Option(None, "--out", help="Per-row results (JSONL of PriorResult); default <output_dir>/prior.jsonl."),
+    write_filtered: Path = typer.Option(None, "--write-filtered", help="Write the rows in the signal band here (JSONL of Row)."),
+    model: str = typer.Option(None, "--model", help="Model folder, hub id or http(s) endpoint; default the config's base_model."),
+    served_model: str = typer.Option(None, "--served-model", help="Model name at the endpoint; default the first it lists."),
+    threshold: float = typer.Option(1.0, "--threshold", min=0.0, max=1.0, help="Reward at which a rollout counts as a success."),
+    traces: Path = typer.Option(None, "--traces", help="Also write every trajectory here (JSONL of Trajectory)."),
+) -> None:
+    """Step 1: run the base model N times per row through the tools; bucket rows never/sometimes/always."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..graders import default_grader, load_grader
+    from ..jsonl import read_models, write_models
+    from ..prior import prior_check
+    from ..schema import Row
+    from ..tools.client import ToolServerUnavailable
+    from ..train.config import load_config
+    from .policy import LocalPolicy, load_policy
+    from .settings import RolloutSettings
+
+    cfg = load_config(config)
+    if cfg.val_path is None:
+        raise UserError(f"{config}: val_path is null; the prior check needs rows to check")
+    rows = read_models(cfg.val_path, Row)[:n]
+    if not rows:
+        raise UserError(f"{cfg.val_path}: no rows")
+    grader = load_grader(cfg.grader) if cfg.grader else default_grader()
+    policy = load_policy(model or cfg.base_model, served_model)
+    settings = RolloutSettings(
+        max_tool_calls=cfg.max_tool_calls,
+        max_trajectory_tokens=cfg.max_trajectory_tokens,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        seed=cfg.seed,
+        system_prompt=cfg.system_prompt,
+    )
+    if isinstance(policy, LocalPolicy):
+        # A trajectory longer than the model's position table is outside anything it can attend to.
+        limit = getattr(policy.model.config, "max_position_embeddings", None)
+        if limit and settings.max_trajectory_tokens > limit:
+            settings = settings.model_copy(update={"max_trajectory_tokens": int(limit)})
+    out = out or cfg.output_dir / "prior.jsonl"
+    _out.print(
+        f"prior check: {len(rows)} rows × {rollouts} rollouts of {policy.name} "
+        f"(temperature {settings.temperature:g}; success = reward ≥ {threshold:g} from {grader.name})",
+        markup=False,
+    )
+    columns = (TextColumn("rollouts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_out, transient=True) as bar:
+        task = bar.add_task("rollouts", total=len(rows) * rollouts)
+        try:
+            summary, trajectories = prior_check(
+                rows, policy, grader, cfg.tools_url, cfg.tools_token(), settings, rollouts, threshold,
+                progress=lambda k: bar.advance(task, k),
+            )
+        except ToolServerUnavailable as exc:
+            raise UserError(f"{exc}; is 'agentrft tools serve' running at {cfg.tools_url}?") from None
+    _out.print(repr(summary.counts), markup=False)
+    _out.print(summary.band_line(), markup=False)
+    _out.print(f"verdict: {summary.verdict} — {summary.advice()}", markup=False)
+    if summary.ungraded:
+        _out.print(f"warning: {summary.ungraded} rollouts got no grade (the grader failed) and are left out", markup=False)
+    write_models(out, summary.results)
+    _out.print(f"wrote {out} ({len(summary.results)} rows)", markup=False)
+    if traces is not None:
+        write_models(traces, trajectories)
+        _out.print(f"wrote {traces} ({len(trajectories)} trajectories)", markup=False)
+    if write_filtered is not None:
+        keep = {r.id for r in summary.results if r.bucket == "sometimes"}
+        kept = [row for row in rows if row.id in keep]
+        write_models(write_filtered, kept)
+        _out.print(f"wrote {write_filtered} ({len(kept)} rows in the signal band)", markup=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add this step's commands to the main app."""
+    app.command("prior-check")(prior_check_command)

@@ -132,6 +132,32 @@ class EndpointPolicy:
         return Reply(content=content.strip(), calls=calls, finished=choice.finish_reason != "length")
 
 
+def is_endpoint(model: str) -> bool:
+    return model.startswith(("http://", "https://"))
+
+
+def served_model_name(base_url: str, api_key: str | None = None) -> str:
+    """The first model an OpenAI-compatible server lists at ``/v1/models`` (vLLM serves one)."""
+    import httpx
+
+    url = chat_completions_base(base_url) + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        reply = httpx.get(url, timeout=10.0, headers=headers)
+        return str(reply.json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+        raise UserError(f"{url}: cannot list the served models; name the model explicitly") from None
+
+
+def load_policy(model: str, served_model: str | None = None, device: str | None = None) -> EndpointPolicy | LocalPolicy:
+    """An http(s) URL → EndpointPolicy; a model folder (or hub id) → LocalPolicy on the GPU if there is one."""
+    if is_endpoint(model):
+        return EndpointPolicy(model, served_model or served_model_name(model))
+    import torch
+
+    return LocalPolicy.from_pretrained(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def _endpoint_call(call: Any) -> ParsedCall:
     function = getattr(call, "function", None)
     name = getattr(function, "name", "") or ""
@@ -148,4 +174,12 @@ def _endpoint_call(call: Any) -> ParsedCall:
     return ParsedCall(name=name, args=args, call_id=call_id)
 
 
-__all__ = ["EndpointPolicy", "LocalPolicy", "Policy", "chat_completions_base"]
+__all__ = [
+    "EndpointPolicy",
+    "LocalPolicy",
+    "Policy",
+    "chat_completions_base",
+    "is_endpoint",
+    "load_policy",
+    "served_model_name",
+]

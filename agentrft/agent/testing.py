@@ -105,6 +105,10 @@ def running_chat_server(script: Script, model: str = "scripted", delay_s: float 
     app = FastAPI()
     log = ChatLog()
 
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model, "object": "model", "owned_by": "agentrft"}]}
+
     @app.post("/v1/chat/completions")
     async def completions(request: Request) -> dict[str, Any]:
         body = await request.json()

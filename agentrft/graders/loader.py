@@ -30,7 +30,8 @@ BUILTIN = {
 
 def default_grader() -> Grader:
     """The running example's grader: the answer's number against the reference, with the row's
-    ``expected.tolerance_rel`` and the tutorial's rubric (1 / 0.5 for rounding / 0)."""
+    ``expected.tolerance_rel`` and the tutorial's rubric (1 / 0.5 for rounding / 0); a name as
+    reference (comparison questions) must be named by the answer, alone."""
     return NumericGrader(name="numeric")
 
 

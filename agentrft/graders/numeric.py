@@ -26,9 +26,10 @@ drop the reference's magnitude (``842`` for ``$842M``); the best reading counts.
 unless the answer states the direction in words (``a net loss of $3.2M`` for ``($3.2M)``).
 Currencies must agree when both name one.
 
-A reference with no number is not the numeric grader's to judge: ``score_numeric`` raises
-``NonNumericReference`` and ``NumericGrader`` returns "no grade" with the reason — or, with
-``fallback="string"``, compares the texts (case, spaces and punctuation ignored).
+A reference with no number (the running example's comparison questions: "Meridian Biotech") is
+not a number to compare: ``score_numeric`` raises ``NonNumericReference``. ``NumericGrader`` then
+falls back to ``text_match.score_text`` (the answer must name the reference and no other candidate
+from the question) — or, with ``fallback="none"``, returns "no grade" with the reason.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import Literal
 
 from ..schema import Grade, Row, Trajectory
 from .quantities import Quantity, parse_quantities, states_direction
+from .text_match import score_text
 
 _POINT = Decimal("0.001")  # a tenth of a percentage point, as a fraction; also a tenth of a percent
 
@@ -184,21 +186,18 @@ def score_numeric(
     return max((_score_quantity(q, ref, tolerance_rel, direction) for q in candidates), key=lambda s: s[0])
 
 
-def _normal_text(text: str) -> str:
-    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
-
-
 class NumericGrader:
     """Grades ``trajectory.output_text`` with ``score_numeric`` against ``row.reference_answer``.
 
     The tolerance is the row's ``expected.tolerance_rel`` unless ``tolerance_rel`` is set here.
+    A non-numeric reference is compared as text (``fallback="text"``) or not graded (``"none"``).
     """
 
     def __init__(
         self,
         name: str = "numeric",
         tolerance_rel: float | None = None,
-        fallback: Literal["none", "string"] = "none",
+        fallback: Literal["text", "none"] = "text",
         use_question: bool = True,
     ) -> None:
         self.name = name
@@ -213,11 +212,9 @@ class NumericGrader:
         try:
             reward, reason = score_numeric(row.reference_answer, answer, tol, question=question)
         except NonNumericReference as exc:
-            if self.fallback != "string":
+            if self.fallback != "text":
                 return Grade(reward=None, grader=self.name, reason=f"{exc} (numeric grader)")
-            same = _normal_text(answer) == _normal_text(row.reference_answer)
-            reason = "reference is not numeric; texts " + ("match" if same else "differ")
-            return Grade(reward=1.0 if same else 0.0, grader=self.name, reason=reason)
+            reward, reason = score_text(row.reference_answer, answer, question)
         return Grade(reward=reward, grader=self.name, reason=reason)
 
 

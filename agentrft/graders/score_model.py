@@ -25,7 +25,9 @@ from .base import item_view, render, sample_view
 from .specs import Message, SamplingParams, ScoreModelSpec
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
-_LABELLED = re.compile(rf"\b(?:score|result|grade|rating)\b\W{{0,3}}({_NUMBER})", re.IGNORECASE)
+_LABELLED = re.compile(
+    rf"\b(?:score|result|grade|rating)\b(?:\s*(?:is|of|[:=]))?\s*\**\s*({_NUMBER})(?![\w.])", re.IGNORECASE
+)
 
 
 def parse_score(reply: str) -> float | None:

@@ -141,8 +141,9 @@ def _score_quantity(q: Quantity, ref: Quantity, tol: float | None, direction: bo
     return best
 
 
-def _question_integers(question: str) -> set[Decimal]:
-    return {q.value for q in parse_quantities(question) if q.bare and q.is_integer} if question else set()
+@lru_cache(maxsize=4096)
+def _question_integers(question: str) -> frozenset[Decimal]:
+    return frozenset(q.value for q in parse_quantities(question) if q.bare and q.is_integer)
 
 
 def score_numeric(

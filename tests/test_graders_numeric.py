@@ -175,3 +175,13 @@ def test_parsed_quantities_keep_precision_and_units() -> None:
     (p,) = parse_quantities("(13.4%)")
     assert p.percent and p.parenthesized and str(p.value) == "-0.134"
     assert [q.context for q in parse_quantities("FY2024 Q3 2025 13.4%")] == [True, False]
+
+
+def test_text_references_read_the_questions_candidates() -> None:
+    from agentrft.graders.text_match import question_names, score_text
+
+    question = "Which company had the highest revenue in Q1 2025: Henderson Industries, Atlas Corp or Larkspur Foods?"
+    assert question_names(question) == ["Henderson Industries", "Atlas Corp", "Larkspur Foods"]
+    assert score_text("Henderson Industries", "Henderson Industries (Q1 2025)", question)[0] == 1.0
+    assert score_text("Henderson Industries", "Henderson Industries, then Larkspur Foods", question)[0] == 0.0
+    assert score_text("Henderson Industries", "Henderson", question)[0] == 0.0

@@ -18,8 +18,9 @@ from __future__ import annotations
 import re
 
 # A capitalised phrase: one or more capitalised words without digits (Q3 and 10-Q are not names).
-_NAME = re.compile(r"(?<![\w'])[A-Z][A-Za-z&'.-]*(?:\s+(?:&\s+)?[A-Z][A-Za-z&'.-]*)*")
-_SENTENCE_START = re.compile(r"(?:^|[.?!:;]\s+)$")
+_WORD = r"[A-Z][A-Za-z&'.-]*(?![\w])"
+_NAME = re.compile(rf"(?<![\w']){_WORD}(?:\s+(?:&\s+)?{_WORD})*")
+_SENTENCE_START = re.compile(r"(?:^|[.?!]\s+)$")
 
 
 def normal_text(text: str) -> str:

@@ -53,6 +53,8 @@ CASES: list[tuple[str, str, float | None, float]] = [
     ("1,430", "1430", None, 1.0),
     ("1430", "1\u202f430", None, 1.0),
     ("2025", "2025", None, 1.0),
+    ("1,987", "Q3 2025 headcount: 1987", None, 1.0),
+    ("-3.6%", "Net income fell 3.6% (-3.6%)", None, 1.0),
     # --- negatives: minus signs, accounting parentheses, direction in words
     ("($3.2M)", "-$3.2M", None, 1.0),
     ("($3.2M)", "\u2212$3.2 million", None, 1.0),
@@ -185,3 +187,10 @@ def test_text_references_read_the_questions_candidates() -> None:
     assert score_text("Henderson Industries", "Henderson Industries (Q1 2025)", question)[0] == 1.0
     assert score_text("Henderson Industries", "Henderson Industries, then Larkspur Foods", question)[0] == 0.0
     assert score_text("Henderson Industries", "Henderson", question)[0] == 0.0
+
+
+def test_graders_satisfy_the_protocol() -> None:
+    from agentrft.graders import Grader, load_grader
+
+    for spec in ("default", "numeric", "tool_use"):
+        assert isinstance(load_grader(spec), Grader)

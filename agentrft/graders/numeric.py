@@ -17,7 +17,7 @@ Rubric (``score_numeric``):
 
 What counts as a candidate value. Period context is not an answer: quarters, dates, form names and
 bare years are ignored (``Q3 2025 operating margin: 13.4%`` is one value), as are bare integers
-that appear in the question. Numbers of a kind that cannot be the answer are supporting context,
+that appear in the question — unless they equal the reference (a count of 2,000 written ``2000``). Numbers of a kind that cannot be the answer are supporting context,
 not hedges: a money amount in an answer to a percent question (``13.4% on revenue of $842M``).
 The same value written twice (``13.4% (0.134)``) is one value.
 
@@ -34,7 +34,6 @@ from the question) — or, with ``fallback="none"``, returns "no grade" with the
 
 from __future__ import annotations
 
-import re
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from typing import Literal
@@ -163,27 +162,25 @@ def score_numeric(
         return 0.0, "empty answer"
     asked = _question_integers(question)
     found = parse_quantities(answer)
-    year_ref = ref.context
-    candidates = [
-        q
-        for q in found
-        if not (q.context and not year_ref)
-        and not (q.bare and q.value in asked and q.value != ref.value)
-        and _compatible(q, ref)
-    ]
+    context = [q.context or (q.bare and q.value in asked) for q in found]
+    candidates = [q for q, c in zip(found, context) if (not c or q.value == ref.value) and _compatible(q, ref)]
     if not candidates:
-        others = [q.text for q in found if not q.context]
+        others = [q.text for q, c in zip(found, context) if not c]
         if others:
             return 0.0, f"no value of the reference's kind ({ref.text}) in the answer; found {', '.join(others)}"
         return 0.0, "no number in the answer"
+    direction = states_direction(answer)
+
+    def meanings(q: Quantity) -> set[Decimal]:  # with the direction in words, -3.6% and 3.6% agree
+        return {abs(v) for v in _readings(q, ref)} if direction else _readings(q, ref)
+
     distinct: list[Quantity] = []
     for q in candidates:
-        if all(_readings(q, ref).isdisjoint(_readings(d, ref)) for d in distinct):
+        if all(meanings(q).isdisjoint(meanings(d)) for d in distinct):
             distinct.append(q)
     if len(distinct) > 1:
         shown = ", ".join(q.text for q in distinct[:6])
         return 0.0, f"answer hedges between {len(distinct)} different values ({shown}); expected one"
-    direction = states_direction(answer)
     return max((_score_quantity(q, ref, tolerance_rel, direction) for q in candidates), key=lambda s: s[0])
 
 

@@ -112,7 +112,7 @@ def test_eval_refuses_to_mix_models_and_names_bad_input(
     write_models(other, [EvalRecord(id="val-0001", model="some-other-model", reward=1.0)])
     cases = (
         (["--model", str(tiny_model_dir), "--out", str(other)], "holds results of model some-other-model"),
-        (["--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "x.jsonl")], "no such model directory"),
+        (["--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "x.jsonl")], "cannot load a model"),
         (["--model", str(tiny_model_dir), "--out", str(tmp_path / "y.jsonl"), "--token-file", str(tmp_path / "nope")],
          "--token-file"),
     )

@@ -77,10 +77,6 @@ class EvalSummary:
         return "\n".join(lines)
 
 
-def is_endpoint(model: str) -> bool:
-    return model.startswith(("http://", "https://"))
-
-
 def _read_token(options: EvalOptions, config_token: str | None) -> str | None:
     if options.token_file is not None:
         try:
@@ -116,31 +112,14 @@ def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | 
     return RolloutSettings(**fields), tools_url, _read_token(options, config_token), grader
 
 
-def _served_model_name(base_url: str) -> str:
-    import httpx
-
-    from ..agent.policy import chat_completions_base
-
-    url = chat_completions_base(base_url) + "/models"
-    try:
-        reply = httpx.get(url, timeout=10.0)
-        return str(reply.json()["data"][0]["id"])
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
-        raise UserError(f"{url}: cannot list the served models; pass --served-model NAME") from None
-
-
 def make_policy(options: EvalOptions, settings: RolloutSettings) -> tuple[Any, RolloutSettings]:
     """A local model or an endpoint; for a local model the token budget fits its context."""
-    if is_endpoint(options.model):
-        from ..agent.policy import EndpointPolicy
-
-        name = options.served_model or _served_model_name(options.model)
-        return EndpointPolicy(options.model, name), settings
     from ..agent.local import LocalPolicy
+    from ..agent.policy import load_policy
 
-    if not Path(options.model).exists():
-        raise UserError(f"--model {options.model}: no such model directory (or give an http:// endpoint)")
-    policy = LocalPolicy.from_pretrained(options.model, device="cuda" if _has_cuda() else "cpu")
+    policy = load_policy(options.model, served_model=options.served_model)
+    if not isinstance(policy, LocalPolicy):
+        return policy, settings
     policy.name = options.model
     # A trajectory longer than the model's position table is outside anything it was trained on.
     limit = getattr(policy.model.config, "max_position_embeddings", None)
@@ -153,15 +132,11 @@ def make_policy(options: EvalOptions, settings: RolloutSettings) -> tuple[Any, R
     return policy, settings.model_copy(update=updates)
 
 
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _same_model(a: str, b: str) -> bool:
     if a == b:
         return True
+    from ..agent.policy import is_endpoint
+
     return not is_endpoint(a) and not is_endpoint(b) and Path(a).resolve() == Path(b).resolve()
 
 

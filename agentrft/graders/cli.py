@@ -24,14 +24,19 @@ grade_app = typer.Typer(
 
 GraderOpt = Annotated[
     Optional[Path],
-    typer.Option("--grader", "-g", help="Grader JSON/YAML (OpenAI RFT shapes, numeric, tool_use); default: numeric."),
+    typer.Option("--grader", "-g", help="Grader JSON/YAML (OpenAI RFT shapes, numeric, tool_use) or a built-in name; default: numeric."),
 ]
 
 
 def _grader(path: Path | None):  # type: ignore[no-untyped-def]
     from . import default_grader, load_grader
+    from .loader import BUILTIN
 
-    return default_grader() if path is None else load_grader(path)
+    if path is None:
+        return default_grader()
+    if str(path) in BUILTIN and not path.exists():
+        return load_grader(str(path))  # --grader numeric / tool_use
+    return load_grader(path)
 
 
 def _fmt(reward: float | None) -> str:

@@ -126,14 +126,16 @@ def _score_quantity(q: Quantity, ref: Quantity, tol: float | None, direction: bo
     if q.currency and ref.currency and q.currency != ref.currency:
         return 0.0, f"{q.text} is in {q.currency}, the reference {ref.text} in {ref.currency}"
     best: tuple[float, str] | None = None
-    for value in sorted(_readings(q, ref)):
-        if value.is_signed() != ref.value.is_signed() and not (value.is_zero() or ref.value.is_zero()):
-            if not direction:
-                scored = (0.0, f"{q.text} has the opposite sign of the reference {ref.text}")
-                best = best if best and best[0] >= scored[0] else scored
-                continue
-            value = -value  # "a loss of $3.2M": the sign is in the words
-        scored = _score_reading(value, q, ref, tol)
+    # Closest reading first, so that among equal rewards the reason names the likeliest one.
+    for value in sorted(_readings(q, ref), key=lambda v: abs(abs(v) - abs(ref.value))):
+        opposite = value.is_signed() != ref.value.is_signed() and not (value.is_zero() or ref.value.is_zero())
+        if opposite and not direction:
+            scored = (0.0, f"{q.text} has the opposite sign of the reference {ref.text}")
+        elif opposite:  # "a loss of $3.2M": the sign is in the words
+            reward, reason = _score_reading(-value, q, ref, tol)
+            scored = (reward, f"{reason} (the sign is stated in words)")
+        else:
+            scored = _score_reading(value, q, ref, tol)
         if best is None or scored[0] > best[0]:
             best = scored
     assert best is not None

@@ -7,9 +7,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..errors import UserError
+
 config_app = typer.Typer(help="Step 5: check a training config.", no_args_is_help=True)
 
 _out = Console(highlight=False, soft_wrap=True)
+
+ABORT_EXIT_CODE = 3
 
 
 @config_app.command("check")
@@ -27,12 +31,49 @@ def config_check(
     _out.print(
         f"{file}: ok — {cfg.algorithm}, group_size {cfg.group_size}, kl_coef {cfg.kl_coef:g}, "
         f"learning_rate {cfg.learning_rate:g}, epochs {cfg.epochs:g}, "
-        f"{cfg.trajectories_per_step} trajectories per step"
-        f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})",
+        f"{cfg.trajectories_per_step} trajectories per step ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})",
         markup=False,
     )
+
+
+def train_command(
+    file: Path = typer.Argument(..., help="The training config (YAML), e.g. examples/tiny_config.yaml."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
+    launcher: str = typer.Option("none", "--launcher", help="'accelerate' to run under accelerate launch."),
+    num_processes: int = typer.Option(1, "--num-processes", help="Processes (GPUs) for --launcher accelerate."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+) -> None:
+    """Step 6: GRPO on the config's base model with agentrft's agent loop, live metrics and abort rules."""
+    from .config import check_config, load_config
+
+    cfg = load_config(file)
+    if launcher not in ("none", "accelerate"):
+        raise UserError(f"--launcher: expected 'none' or 'accelerate', got {launcher!r}")
+    if launcher == "accelerate":
+        from .launch import relaunch
+
+        raise typer.Exit(relaunch(file, num_processes, resume))
+    if max_steps is not None:
+        cfg = cfg.model_copy(update={"max_steps": max_steps})
+    for warning in check_config(cfg):
+        _out.print(f"warning: {warning}", markup=False)
+
+    from .trainer import train
+
+    result = train(cfg, resume=resume, console=_out)
+    best = (
+        f"best checkpoint: {result.best_dir} (step {result.best_step}, val_reward {result.best_val_reward:.3f})"
+        if result.best_dir is not None
+        else "no val_reward measured, no best checkpoint"
+    )
+    if result.aborted:
+        _out.print(f"aborted at step {result.abort_step}: {result.aborted}; {best}", markup=False)
+        raise typer.Exit(ABORT_EXIT_CODE)
+    last = f"last: {result.last_checkpoint}" if result.last_checkpoint else "no checkpoint"
+    _out.print(f"done: {result.steps} steps in {result.run_dir}; {best}; {last}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add this step's commands to the main app."""
     app.add_typer(config_app, name="config")
+    app.command("train")(train_command)

@@ -1,0 +1,231 @@
+"""The bridge between agentrft's agent loop and TRL's ``GRPOTrainer``: a rollout function and a reward.
+
+TRL owns the GRPO loss; agentrft owns the rollouts, so the loop that trains is the loop that
+evaluates. TRL (1.x, experimental API) calls ``rollout_func(prompts, trainer)`` with this process's
+slice of the generation batch — each prompt already repeated ``num_generations`` times, groups
+contiguous — and expects one completion per entry:
+
+- ``prompt_ids``: tokens before the policy's first generation (system prompt, question, tool specs);
+- ``completion_ids``: everything after — the policy's turns *and* the tool results between them;
+- ``logprobs``: sampling log-probs aligned with ``completion_ids`` (0.0 on tool tokens);
+- ``env_mask``: 1 on tokens the policy generated, 0 on tool output and chat-template glue.
+
+TRL multiplies ``env_mask`` into the loss mask, so a tool's output — the environment's words, not the
+policy's — never gets a gradient; without that the policy would be rewarded for "writing" a filing.
+Every other key is forwarded to reward functions by name: we pass the ``Trajectory`` itself so the
+grader sees the same object evaluation grades, and ``row_id`` comes from the dataset column.
+``check_trl_contract`` fails loudly if TRL changes this contract.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..schema import Grade, Row, Trajectory
+from .config import TrainConfig
+
+REQUIRED_KEYS = ("prompt_ids", "completion_ids", "logprobs")
+ENV_MASK_KEY = "env_mask"
+
+
+class RolloutRunner(Protocol):
+    """Runs one rollout per row with a local model; ``greedy`` for validation, sampled for training.
+
+    Example::
+
+        def runner(rows, model, tokenizer, greedy, seed):
+            policy = LocalPolicy(model, tokenizer, device=str(model.device))
+            return rollout(rows, policy, tools_url, token, settings(greedy, seed))
+    """
+
+    def __call__(
+        self, rows: list[Row], model: Any, tokenizer: Any, greedy: bool, seed: int | None
+    ) -> list[Trajectory]: ...
+
+
+def check_trl_contract() -> None:
+    """Raise if the installed TRL no longer calls ``rollout_func`` the way this module assumes."""
+    import trl
+    from trl.trainer import grpo_trainer
+
+    params = inspect.signature(grpo_trainer.GRPOTrainer.__init__).parameters
+    if "rollout_func" not in params:
+        raise RuntimeError(f"trl {trl.__version__}: GRPOTrainer has no rollout_func; agentrft needs trl>=1.0,<2")
+    source = inspect.getsource(grpo_trainer.GRPOTrainer._generate)
+    for needle in ("self.rollout_func(prompts, self)", '"env_mask"', *(f'"{key}"' for key in REQUIRED_KEYS)):
+        if needle not in source:
+            raise RuntimeError(f"trl {trl.__version__}: rollout_func contract changed ({needle} not found)")
+
+
+def to_trl_batch(trajectories: Sequence[Trajectory], pad_token_id: int) -> dict[str, Any]:
+    """Split each trajectory at its prompt length into TRL's prompt/completion ids, masks and log-probs."""
+    out: dict[str, list[Any]] = {"prompt_ids": [], "completion_ids": [], "logprobs": [], ENV_MASK_KEY: []}
+    have_logprobs = all(t.logprobs is not None for t in trajectories)
+    for t in trajectories:
+        if t.token_ids is None or t.loss_mask is None or t.prompt_length is None:
+            raise RuntimeError(
+                f"trajectory {t.row_id}/{t.sample_index} has no token ids; training needs a local policy"
+            )
+        if len(t.loss_mask) != len(t.token_ids):
+            raise RuntimeError(f"trajectory {t.row_id}: loss_mask and token_ids differ in length")
+        cut = t.prompt_length
+        if any(t.loss_mask[:cut]):
+            raise RuntimeError(f"trajectory {t.row_id}: loss_mask marks prompt tokens as generated")
+        completion, mask = list(t.token_ids[cut:]), list(t.loss_mask[cut:])
+        if not completion:  # TRL reads completion_ids[-1]; an empty rollout gets one masked pad token
+            completion, mask = [pad_token_id], [0]
+        out["prompt_ids"].append(list(t.token_ids[:cut]))
+        out["completion_ids"].append(completion)
+        out[ENV_MASK_KEY].append(mask)
+        if have_logprobs:
+            sampled = iter(t.logprobs or [])
+            out["logprobs"].append([next(sampled, 0.0) if m else 0.0 for m in mask])
+    if not have_logprobs:
+        out["logprobs"] = None  # type: ignore[assignment]  # TRL accepts None: no sampling log-probs
+    return out
+
+
+@dataclass
+class StepRecord:
+    """What the last training step's rollouts looked like, for the monitor (traces, tool calls)."""
+
+    step: int
+    trajectories: list[Trajectory] = field(default_factory=list)
+    grades: list[Grade] = field(default_factory=list)
+
+
+class AgentRollouts:
+    """Owns the rows, the runner and the grader; hands TRL a ``rollout_func`` and a reward function."""
+
+    def __init__(self, rows: Sequence[Row], runner: RolloutRunner, grader: Any, seed: int = 0) -> None:
+        self.rows_by_id = {row.id: row for row in rows}
+        # TRL hands the rollout function prompt text only; rows sharing a prompt roll out alike and
+        # are told apart at grading time by the dataset's row_id column.
+        self.rows_by_prompt: dict[str, Row] = {}
+        for row in rows:
+            self.rows_by_prompt.setdefault(row.prompt, row)
+        self.runner = runner
+        self.grader = grader
+        self.seed = seed
+        self._lock = threading.Lock()
+        self.last: StepRecord | None = None
+
+    def dataset_rows(self) -> list[dict[str, str]]:
+        """The training dataset TRL iterates: the prompt (TRL's column) and our row id."""
+        return [{"prompt": row.prompt, "row_id": row.id} for row in self.rows_by_id.values()]
+
+    def rollout_func(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        """TRL's rollout hook: run the agent loop on each prompt and return token-level results."""
+        import torch
+
+        rows = [self._row_for(prompt) for prompt in prompts]
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        tokenizer = trainer.processing_class
+        step = trainer.state.global_step
+        # Distinct seed per step and process, fixed by the config seed: reruns sample the same.
+        seed = self.seed * 1_000_003 + step * 64 + trainer.accelerator.process_index
+        was_training = model.training
+        model.eval()  # no dropout while sampling; gradient checkpointing off for generation
+        try:
+            with torch.no_grad():
+                trajectories = self.runner(rows, model, tokenizer, greedy=False, seed=seed)
+        finally:
+            model.train(was_training)
+        if len(trajectories) != len(prompts):
+            raise RuntimeError(f"rollout runner returned {len(trajectories)} trajectories for {len(prompts)} prompts")
+        for index, trajectory in enumerate(trajectories):
+            trajectory.sample_index = index % max(1, trainer.num_generations)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        batch = to_trl_batch(trajectories, pad)
+        batch["trajectory"] = trajectories
+        with self._lock:
+            self.last = StepRecord(step=step, trajectories=trajectories)
+        return batch
+
+    def _row_for(self, prompt: Any) -> Row:
+        text = prompt if isinstance(prompt, str) else _last_user_text(prompt)
+        row = self.rows_by_prompt.get(text)
+        if row is None:
+            raise RuntimeError(f"rollout_func got a prompt that is not in the training rows: {text[:80]!r}")
+        return row
+
+    def make_reward_func(self) -> Callable[..., list[float | None]]:
+        """A TRL reward function that grades each trajectory with the configured grader."""
+
+        def reward(
+            prompts: list[Any],
+            completions: list[Any],
+            row_id: list[str],
+            trajectory: list[Trajectory],
+            log_metric: Callable[[str, float], None] | None = None,
+            **_: Any,
+        ) -> list[float | None]:
+            grades = [self.grader.grade(self.rows_by_id[rid], traj) for rid, traj in zip(row_id, trajectory)]
+            if log_metric is not None and trajectory:
+                log_metric("tool_calls", sum(t.n_tool_calls for t in trajectory) / len(trajectory))
+                log_metric("no_grade", sum(not g.graded for g in grades) / len(grades))
+                log_metric("answered", sum(t.stop_reason == "answer" for t in trajectory) / len(trajectory))
+            with self._lock:
+                last = self.last
+                if last is not None and len(last.trajectories) == len(trajectory):
+                    if all(a is b for a, b in zip(last.trajectories, trajectory)):
+                        last.grades = grades
+            # None is "no grade": TRL turns it into NaN and gives that sample no advantage.
+            return [g.reward for g in grades]
+
+        reward.__name__ = getattr(self.grader, "name", "grader")
+        return reward
+
+
+def agent_loop_runner(cfg: TrainConfig, token: str | None) -> RolloutRunner:
+    """The default runner: agentrft's agent loop with a LocalPolicy on the model being trained."""
+
+    def run(rows: list[Row], model: Any, tokenizer: Any, greedy: bool, seed: int | None) -> list[Trajectory]:
+        from ..agent.loop import RolloutSettings, rollout
+        from ..agent.policy import LocalPolicy
+
+        settings = RolloutSettings(
+            max_tool_calls=cfg.max_tool_calls,
+            max_trajectory_tokens=cfg.max_trajectory_tokens,
+            max_new_tokens=cfg.max_new_tokens,
+            # Greedy validation: a fixed subset scored without sampling noise, so curves compare.
+            temperature=0.0 if greedy else cfg.temperature,
+            top_p=1.0 if greedy else cfg.top_p,
+            top_k=0 if greedy else cfg.top_k,
+            seed=seed,
+            system_prompt=cfg.system_prompt,
+        )
+        policy = LocalPolicy(model, tokenizer, device=str(next(model.parameters()).device))
+        return rollout(rows, policy, cfg.tools_url, token, settings, samples_per_row=1)
+
+    return run
+
+
+def mean_reward(grades: Sequence[Grade]) -> float | None:
+    """Mean of the graded rewards; None when nothing could be graded."""
+    values = [g.reward for g in grades if g.reward is not None and math.isfinite(g.reward)]
+    return sum(values) / len(values) if values else None
+
+
+def _last_user_text(messages: Any) -> str:
+    for message in reversed(list(messages)):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content", "")
+            return content if isinstance(content, str) else str(content)
+    return str(messages)
+
+
+__all__ = [
+    "AgentRollouts",
+    "RolloutRunner",
+    "StepRecord",
+    "agent_loop_runner",
+    "check_trl_contract",
+    "mean_reward",
+    "to_trl_batch",
+]

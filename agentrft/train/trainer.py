@@ -1,0 +1,274 @@
+"""Step 6: build TRL's ``GRPOTrainer`` from a ``TrainConfig`` and run it, with checkpoints and resume.
+
+The mapping from the tutorial's config to TRL 1.x:
+
+=====================  =====================================================================
+config                 GRPOTrainer / GRPOConfig
+=====================  =====================================================================
+group_size             ``num_generations`` (rollouts per prompt; advantages are group-relative)
+kl_coef                ``beta`` — KL to a frozen reference; with LoRA the reference is the base
+                       model with adapters switched off, so it costs no extra weight memory
+batch_size             prompts per optimizer step: ``generation_batch_size = batch_size × group_size``
+                       trajectories, split into ``micro_batch_size`` chunks by gradient accumulation,
+                       generated once per step (on-policy: no stale-sample importance weights)
+lora                   ``peft_config`` (peft ``LoraConfig``)
+temperature            ``temperature`` — TRL divides logits by it when it scores the sampled tokens,
+                       so it must equal the sampling temperature of the rollouts
+=====================  =====================================================================
+
+Rollouts are not TRL's: ``rollout.AgentRollouts`` runs agentrft's agent loop and returns the loss
+mask that keeps tool output out of the gradient.
+
+On GPUs: ``bf16`` is on by default when CUDA is present, and gradient checkpointing with it. TRL can
+generate with vLLM (``use_vllm: true``): ``vllm_mode: colocate`` runs a vLLM engine inside each
+training process, sharing the GPU; ``vllm_mode: server`` talks to a separate ``trl vllm-serve
+--model BASE`` on other GPUs. With a ``rollout_func`` TRL pushes the policy's weights into that
+engine before each step; agentrft's default runner still generates with the training model
+(transformers ``generate``), so vLLM pays off only with a runner that calls
+``trainer.vllm_generation`` — the options are passed through so that such a runner needs no
+config change. Multi-GPU: ``agentrft train FILE --launcher accelerate --num-processes N``
+re-executes the command under ``accelerate launch`` (see ``launch.py``); each process rolls out its
+own slice of the prompts, and TRL gathers the rewards so groups are normalised across processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import warnings
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from ..errors import UserError, where
+from ..jsonl import read_models
+from ..schema import Row
+from .config import TrainConfig
+from .monitor import Monitor, trim_metrics
+from .rollout import AgentRollouts, RolloutRunner, agent_loop_runner, check_trl_contract
+
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: where its files are, how far it got, and why it stopped if it aborted."""
+
+    run_dir: Path
+    steps: int
+    aborted: str | None
+    abort_step: int | None
+    best_step: int | None
+    best_val_reward: float | None
+    best_dir: Path | None
+    last_checkpoint: Path | None
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (one with its trainer state written last), or None."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    found = []
+    for path in folder.glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX) :]
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(suffix), path))
+    return max(found)[1] if found else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
+
+
+def load_rows(cfg: TrainConfig) -> tuple[list[Row], list[Row]]:
+    """Training rows and the fixed val subset (a seeded sample, in file order)."""
+    rows = read_models(cfg.train_path, Row)
+    if not rows:
+        raise UserError(f"{where(cfg.source or 'config', field='train_path')}: {cfg.train_path} has no rows")
+    val: list[Row] = []
+    if cfg.val_path is not None:
+        val = read_models(cfg.val_path, Row)
+        if len(val) > cfg.val_subset:
+            keep = set(random.Random(cfg.seed).sample(range(len(val)), cfg.val_subset))
+            val = [row for index, row in enumerate(val) if index in keep]
+    return rows, val
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool, console: Console) -> Path | None:
+    """Create the run folder; on resume, return the checkpoint to continue from and trim metrics after it."""
+    run_dir = cfg.output_dir
+    if not resume:
+        if (run_dir / "metrics.jsonl").exists():
+            raise UserError(
+                f"{where(cfg.source or 'config', field='output_dir')}: {run_dir} already holds a run; "
+                "pass --resume to continue it or choose another output_dir"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
+        return None
+    checkpoint = last_checkpoint(run_dir)
+    # A kill during a save leaves a checkpoint folder without its trainer state: never resume from it.
+    for partial in (run_dir / CHECKPOINTS_DIR).glob(f"{CHECKPOINT_PREFIX}*"):
+        if not (partial / "trainer_state.json").is_file():
+            shutil.rmtree(partial, ignore_errors=True)
+    step = checkpoint_step(checkpoint) if checkpoint else 0
+    dropped = trim_metrics(run_dir, step)
+    if checkpoint is None:
+        console.print(f"resume: no checkpoint in {run_dir} yet; starting from step 0", markup=False)
+    else:
+        console.print(
+            f"resume: continuing from {checkpoint.name} (dropped {dropped} metric rows after step {step})",
+            markup=False,
+        )
+    return checkpoint
+
+
+def build_grader(cfg: TrainConfig) -> Any:
+    from ..graders import default_grader, load_grader
+
+    return load_grader(cfg.grader) if cfg.grader is not None else default_grader()
+
+
+def grpo_args(cfg: TrainConfig, use_cuda: bool, world_size: int) -> Any:
+    """The GRPOConfig for this config (see the module docstring for the mapping)."""
+    from trl import GRPOConfig
+
+    micro = cfg.effective_micro_batch
+    per_step = micro * world_size
+    if cfg.trajectories_per_step % per_step:
+        raise UserError(
+            f"{where(cfg.source or 'config', field='batch_size')}: batch_size × group_size = "
+            f"{cfg.trajectories_per_step} must be a multiple of micro_batch_size × processes = {per_step}"
+        )
+    bf16 = use_cuda if cfg.bf16 is None else cfg.bf16
+    return GRPOConfig(
+        output_dir=str(cfg.output_dir / CHECKPOINTS_DIR),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        warmup_steps=cfg.warmup_steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=cfg.trajectories_per_step // per_step,
+        num_generations=cfg.group_size,
+        beta=cfg.kl_coef,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        max_completion_length=cfg.max_trajectory_tokens,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        bf16=bf16,
+        use_cpu=not use_cuda,
+        gradient_checkpointing=use_cuda,
+        use_vllm=cfg.use_vllm,
+        vllm_mode=cfg.vllm_mode,
+        logging_steps=cfg.logging_steps,
+        # A NaN loss must reach the abort rule, not be smoothed away by the logger.
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=cfg.save_every,
+        save_total_limit=1,
+        report_to="none",
+        disable_tqdm=True,
+        log_completions=False,
+        dataloader_num_workers=0,
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    runner: RolloutRunner | None = None,
+    console: Console | None = None,
+    grader: Any = None,
+) -> TrainResult:
+    """Run GRPO for ``cfg``. ``runner`` and ``grader`` replace the agent loop and the configured grader."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the contract is checked just below
+    check_trl_contract()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils import logging as hf_logging
+    from trl import GRPOTrainer
+
+    console = console or Console(highlight=False, soft_wrap=True)
+    hf_logging.set_verbosity_error()
+    # transformers 5 renames gradient_checkpointing; TRL still sets the old name. Not the user's to fix.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+    # TRL warns about ungraded samples by dumping the whole sample; the no_grade column reports them.
+    logging.getLogger("trl.trainer.grpo_trainer").setLevel(logging.ERROR)
+    rows, val_rows = load_rows(cfg)
+    checkpoint = prepare_run_dir(cfg, resume, console)
+    if runner is None:
+        runner = agent_loop_runner(cfg, cfg.tools_token())
+    rollouts = AgentRollouts(rows, runner, grader or build_grader(cfg), seed=cfg.seed)
+
+    use_cuda = torch.cuda.is_available()
+    args = grpo_args(cfg, use_cuda, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.base_model, dtype=torch.bfloat16 if args.bf16 else torch.float32
+        )
+    except OSError as exc:
+        raise UserError(
+            f"{where(cfg.source or 'config', field='base_model')}: cannot load {cfg.base_model} ({exc})"
+        ) from None
+    torch.manual_seed(cfg.seed)
+
+    monitor = Monitor(cfg, cfg.output_dir, rollouts, runner, val_rows, console=console)
+    from datasets import Dataset
+
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[rollouts.make_reward_func()],
+        args=args,
+        train_dataset=Dataset.from_list(rollouts.dataset_rows()),
+        processing_class=tokenizer,
+        peft_config=_lora_config(cfg),
+        rollout_func=rollouts.rollout_func,
+        callbacks=[monitor],
+    )
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    monitor.attach(trainer)
+    trainer.rollouts = rollouts  # reachable from tests and custom runners
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        monitor.close()
+    best = monitor.best
+    return TrainResult(
+        run_dir=cfg.output_dir,
+        steps=trainer.state.global_step,
+        aborted=monitor.abort_reason,
+        abort_step=monitor.abort_step,
+        best_step=best["step"] if best else None,
+        best_val_reward=best["val_reward"] if best else None,
+        best_dir=monitor.best_dir if best else None,
+        last_checkpoint=last_checkpoint(cfg.output_dir),
+    )
+
+
+def _lora_config(cfg: TrainConfig) -> Any:
+    if cfg.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        target_modules=list(cfg.lora.target_modules),
+        lora_dropout=cfg.lora.dropout,
+        task_type="CAUSAL_LM",
+    )
+
+
+__all__ = ["TrainResult", "grpo_args", "last_checkpoint", "load_rows", "train"]

@@ -1,0 +1,336 @@
+"""Step 6: GRPO through TRL with agentrft's agent loop, on the tiny model and the real tool server.
+
+The untrained tiny model rarely writes a tool call, so the runner used here opens every rollout with
+one scripted ``search`` call (its ids appended as if sampled) and then lets the real LocalPolicy
+continue through the real agent loop and tool server. That guarantees tool output inside every
+trajectory, which is what the loss-mask assertions need.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agentrft.schema import Grade, MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
+from agentrft.train.config import TrainConfig, config_from_dict
+from agentrft.train.monitor import AbortRules, MetricsRow, read_metrics, trim_metrics
+from agentrft.train.rollout import REQUIRED_KEYS, check_trl_contract, to_trl_batch
+
+from conftest import TOOL_TOKEN
+
+COLUMNS = ("step", "val_reward", "tool_calls", "kl_to_ref", "loss", "train_reward", "reward_std",
+           "zero_std_groups", "grad_norm", "step_time_s")
+
+
+# --- a runner that guarantees one tool call per rollout ----------------------------------------
+
+
+def scripted_runner(tools_url: str, token: str, max_new_tokens: int = 24) -> Any:
+    """The real agent loop and LocalPolicy, with the first turn of each rollout scripted as a search."""
+    from agentrft.agent import render
+    from agentrft.agent.local import LocalPolicy
+    from agentrft.agent.loop import RolloutSettings, rollout
+    from agentrft.agent.parse import parse_reply
+
+    class FirstCallSearches(LocalPolicy):
+        def generate_sync(self, episodes, settings):  # type: ignore[no-untyped-def]
+            first = [e for e in episodes if e.replies == 0]
+            rest = [e for e in episodes if e.replies > 0]
+            replies = dict(zip(map(id, rest), super().generate_sync(rest, settings) if rest else []))
+            for episode in first:
+                render.start(episode, self.tokenizer)
+                text = '<tool_call>\n{"name": "search", "arguments": {"query": %s}}\n</tool_call>' % json.dumps(
+                    episode.row.prompt[:60]
+                )
+                ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+                prefix = list(episode.token_ids)
+                render.append_generated(episode, ids, [-1.0] * len(ids))
+                replies[id(episode)] = parse_reply(self.tokenizer, ids, prefix, episode.tools, True)
+            return [replies[id(e)] for e in episodes]
+
+    def run(rows, model, tokenizer, greedy, seed):  # type: ignore[no-untyped-def]
+        settings = RolloutSettings(
+            max_tool_calls=2, max_trajectory_tokens=1024, max_new_tokens=max_new_tokens,
+            temperature=0.0 if greedy else 0.7, seed=seed,
+        )
+        policy = FirstCallSearches(model, tokenizer)
+        return rollout(rows, policy, tools_url, token, settings)
+
+    return run
+
+
+class OddTokenGrader:
+    """A grader with spread: the share of odd token ids the policy sampled after its scripted call.
+
+    Sampled text varies within every group, so GRPO always has advantages to follow.
+    """
+
+    name = "odd_tokens"
+
+    def grade(self, row: Row, trajectory: Trajectory) -> Grade:
+        ids, mask = trajectory.token_ids or [], trajectory.loss_mask or []
+        sampled = [tok for tok, m in zip(ids, mask) if m][-24:]
+        return Grade(reward=sum(tok % 2 for tok in sampled) / max(1, len(sampled)), grader=self.name)
+
+
+def _config(tmp: Path, synth_dir: Path, model_dir: Path, url: str, **overrides: Any) -> TrainConfig:
+    data = dict(
+        train_path=str(synth_dir / "research_train.jsonl"), val_path=str(synth_dir / "research_val.jsonl"),
+        base_model=str(model_dir), tools_url=url, group_size=4, batch_size=2, max_steps=3,
+        val_every=2, val_subset=4, save_every=2, max_new_tokens=24, max_trajectory_tokens=1024,
+        max_tool_calls=2, temperature=0.7, kl_coef=0.03, learning_rate=1e-4, warmup_steps=0, seed=0,
+        output_dir=str(tmp / "run"), lora={"rank": 8, "alpha": 16}, trace_samples=2,
+    )
+    data.update(overrides)
+    return config_from_dict(data)
+
+
+# --- the TRL contract (experimental API) ------------------------------------------------------
+
+
+def test_trl_rollout_func_contract_is_what_we_build_on() -> None:
+    from trl import GRPOTrainer
+    from trl.trainer import grpo_trainer
+
+    check_trl_contract()
+    assert "rollout_func" in inspect.signature(GRPOTrainer.__init__).parameters
+    source = inspect.getsource(grpo_trainer.GRPOTrainer._generate)
+    assert 'required_keys = {"prompt_ids", "completion_ids", "logprobs"}' in source
+    assert set(REQUIRED_KEYS) == {"prompt_ids", "completion_ids", "logprobs"}
+    assert 'extra_fields.pop("env_mask", None)' in source  # our loss mask becomes TRL's tool_mask
+    merge = inspect.getsource(grpo_trainer.GRPOTrainer._generate_and_score_completions)
+    assert "inp[key] = values[i]" in merge  # extra fields (our trajectories) reach the reward function
+
+
+def test_to_trl_batch_splits_at_prompt_and_aligns_logprobs() -> None:
+    t = Trajectory(row_id="r", token_ids=[1, 2, 3, 10, 11, 20, 21, 12], loss_mask=[0, 0, 0, 1, 1, 0, 0, 1],
+                   prompt_length=3, logprobs=[-0.1, -0.2, -0.3])
+    batch = to_trl_batch([t], pad_token_id=0)
+    assert batch["prompt_ids"] == [[1, 2, 3]]
+    assert batch["completion_ids"] == [[10, 11, 20, 21, 12]]
+    assert batch["env_mask"] == [[1, 1, 0, 0, 1]]
+    assert batch["logprobs"] == [[-0.1, -0.2, 0.0, 0.0, -0.3]]
+    empty = Trajectory(row_id="e", token_ids=[1, 2], loss_mask=[0, 0], prompt_length=2, logprobs=[])
+    assert to_trl_batch([empty], pad_token_id=9)["completion_ids"] == [[9]]
+    with pytest.raises(RuntimeError, match="local policy"):
+        to_trl_batch([Trajectory(row_id="x")], pad_token_id=0)
+
+
+# --- abort rules and metrics trimming (pure) ----------------------------------------------------
+
+
+def test_abort_rules() -> None:
+    cfg = TrainConfig(abort_kl_max=1.0, abort_kl_jump=10.0, abort_kl_jump_min=0.05, abort_val_floor=0.2,
+                      warmup_steps=3)
+    rules = AbortRules(cfg)
+    for step, kl in enumerate([0.0, 0.01, 0.012, 0.011], 1):
+        assert rules.check(MetricsRow(step=step, kl_to_ref=kl, loss=0.1)) is None
+    jump = rules.check(MetricsRow(step=5, kl_to_ref=0.5, loss=0.1))
+    assert jump is not None and "running mean" in jump
+    assert "ceiling" in (AbortRules(cfg).check(MetricsRow(step=1, kl_to_ref=3.0)) or "")
+    assert "loss is nan" in (AbortRules(cfg).check(MetricsRow(step=1, loss=math.nan)) or "")
+    assert AbortRules(cfg).check(MetricsRow(step=2, val_reward=0.1)) is None  # still in warm-up
+    assert "floor" in (AbortRules(cfg).check(MetricsRow(step=4, val_reward=0.1)) or "")
+    off = TrainConfig(abort_kl_max=None, abort_kl_jump=None, abort_nonfinite_loss=False)
+    assert AbortRules(off).check(MetricsRow(step=1, kl_to_ref=50.0, loss=math.inf)) is None
+
+
+def test_trim_metrics_drops_rows_and_traces_after_checkpoint(tmp_path: Path) -> None:
+    from agentrft.jsonl import write_models
+
+    write_models(tmp_path / "metrics.jsonl", [MetricsRow(step=s) for s in range(6)])
+    (tmp_path / "traces").mkdir()
+    for s in (2, 4, 5):
+        (tmp_path / "traces" / f"step-{s:04d}.jsonl").write_text("")
+    assert trim_metrics(tmp_path, 4) == 1
+    assert [r.step for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3, 4]
+    assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == ["step-0002.jsonl", "step-0004.jsonl"]
+
+
+# --- end to end on the tiny model ---------------------------------------------------------------
+
+
+def test_grpo_steps_metrics_mask_and_checkpoint(
+    tmp_path: Path, synth_dir: Path, tiny_model_dir: Path, tool_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from trl import GRPOTrainer
+
+    from agentrft.train.trainer import train
+
+    torch.set_num_threads(2)
+    reached_trl: list[dict[str, Any]] = []
+    original = GRPOTrainer._generate_and_score_completions
+
+    def spy(self, inputs):  # type: ignore[no-untyped-def]
+        prompts = [x["prompt"] for x in inputs]
+        groups = [prompts[i : i + self.num_generations] for i in range(0, len(prompts), self.num_generations)]
+        assert all(len(set(g)) == 1 for g in groups), "TRL no longer repeats each prompt num_generations times"
+        out = original(self, inputs)
+        reached_trl.append({k: out[k].detach().cpu() for k in ("completion_ids", "completion_mask", "tool_mask")})
+        return out
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", spy)
+    cfg = _config(tmp_path, synth_dir, tiny_model_dir, tool_server)
+    monkeypatch.setenv("TOOL_BEARER", TOOL_TOKEN)
+    result = train(cfg, runner=scripted_runner(tool_server, TOOL_TOKEN))
+
+    assert result.aborted is None and result.steps == 3
+    rows = read_metrics(cfg.output_dir / "metrics.jsonl")
+    assert [r.step for r in rows] == [0, 1, 2, 3]
+    assert rows[0].val_reward is not None  # the base model's val reward, before any update
+    for row in rows[1:]:
+        for column in COLUMNS:
+            if column != "val_reward":
+                assert getattr(row, column) is not None, (row.step, column)
+        assert row.tool_calls >= 1.0  # every rollout searched at least once
+    assert rows[2].val_reward is not None and rows[3].val_reward is not None
+    raw = json.loads((cfg.output_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert raw["schema_version"] == 1 and set(COLUMNS) <= raw.keys()
+
+    # The loss mask that reached TRL's loss is 0 on every tool-result token and 1 on the policy's.
+    tokenizer_ids = _tool_result_ids(tiny_model_dir)
+    assert len(reached_trl) == 3
+    for batch in reached_trl:
+        loss_mask = batch["completion_mask"] * batch["tool_mask"]
+        assert (loss_mask == 0).any() and (loss_mask == 1).any()
+        for ids, mask in zip(batch["completion_ids"].tolist(), loss_mask.tolist()):
+            in_tool = _inside(ids, *tokenizer_ids)
+            assert in_tool, "every trajectory has a tool result"
+            assert all(mask[i] == 0 for i in in_tool)
+        assert (loss_mask[:, 0] == 1).all()  # a completion starts with the policy's own tokens
+
+    traces = sorted((cfg.output_dir / "traces").glob("step-*.jsonl"))
+    assert [p.name for p in traces] == ["step-0001.jsonl", "step-0002.jsonl", "step-0003.jsonl"]
+    first = json.loads(traces[0].read_text().splitlines()[0])
+    assert first["trajectory"]["turns"] and "reward" in first
+
+    # The last checkpoint holds adapters + optimizer state, and the model it holds loads and generates.
+    assert result.last_checkpoint is not None and result.last_checkpoint.name == "checkpoint-3"
+    assert (result.last_checkpoint / "adapter_model.safetensors").exists()
+    assert (result.last_checkpoint / "optimizer.pt").exists()
+    assert result.best_dir is not None and (result.best_dir / "best.json").exists()
+    from agentrft.agent.local import LocalPolicy
+    from agentrft.agent.loop import RolloutSettings, rollout
+
+    policy = LocalPolicy.from_pretrained(result.last_checkpoint)
+    row = Row.model_validate_json((synth_dir / "research_val.jsonl").read_text().splitlines()[0])
+    [trajectory] = rollout([row], policy, tool_server, TOOL_TOKEN,
+                           RolloutSettings(max_new_tokens=16, max_trajectory_tokens=1024, temperature=0.0))
+    assert sum(trajectory.loss_mask or []) > 0
+
+
+def _tool_result_ids(model_dir: Path) -> tuple[list[int], list[int]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    return (tok.encode("<tool_response>", add_special_tokens=False),
+            tok.encode("</tool_response>", add_special_tokens=False))
+
+
+def _inside(ids: list[int], open_ids: list[int], close_ids: list[int]) -> list[int]:
+    """Positions strictly between each <tool_response> and its </tool_response>, markers included."""
+    def find(seq: list[int], start: int) -> int:
+        for i in range(start, len(ids) - len(seq) + 1):
+            if ids[i : i + len(seq)] == seq:
+                return i
+        return -1
+
+    positions, start = [], 0
+    while (o := find(open_ids, start)) >= 0:
+        c = find(close_ids, o + len(open_ids))
+        end = c + len(close_ids) if c >= 0 else len(ids)
+        positions.extend(range(o, end))
+        start = end
+    return positions
+
+
+def test_kl_explosion_aborts_with_reason(
+    tmp_path: Path, synth_dir: Path, tiny_model_dir: Path, tool_server: str
+) -> None:
+    import torch
+
+    from agentrft.train.trainer import train
+
+    torch.set_num_threads(2)
+    cfg = _config(tmp_path, synth_dir, tiny_model_dir, tool_server, learning_rate=0.05, max_steps=6, lora=None,
+                  val_every=10, abort_kl_max=0.5, kl_coef=0.01, max_new_tokens=32)
+    result = train(cfg, runner=scripted_runner(tool_server, TOOL_TOKEN, max_new_tokens=32), grader=OddTokenGrader())
+    assert result.aborted is not None and ("kl_to_ref" in result.aborted or "loss" in result.aborted)
+    assert result.steps < 6
+    rows = read_metrics(cfg.output_dir / "metrics.jsonl")
+    assert rows[-1].abort == result.aborted and rows[-1].step == result.abort_step
+    assert all(r.abort is None for r in rows[:-1])
+    assert result.best_dir is not None and json.loads((result.best_dir / "best.json").read_text())["step"] == 0
+    assert not any(p.name == f"checkpoint-{result.steps}" for p in (cfg.output_dir / "checkpoints").iterdir())
+
+
+def test_resume_after_kill_has_no_gap_or_duplicate(
+    tmp_path: Path, synth_dir: Path, tiny_model_dir: Path, tool_server: str
+) -> None:
+    config = {
+        "train_path": str(synth_dir / "research_train.jsonl"), "val_path": str(synth_dir / "research_val.jsonl"),
+        "base_model": str(tiny_model_dir), "tools_url": tool_server, "group_size": 2, "batch_size": 2,
+        "max_steps": 4, "save_every": 2, "val_every": 4, "val_subset": 1, "max_new_tokens": 8,
+        "max_trajectory_tokens": 1024, "max_tool_calls": 2, "temperature": 0.7, "kl_coef": 0.03,
+        "learning_rate": 1.0e-4, "warmup_steps": 0, "seed": 0, "output_dir": "run",
+        "lora": {"rank": 8, "alpha": 16},
+    }
+    cfg_file = tmp_path / "train.yaml"
+    cfg_file.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, TOOL_BEARER=TOOL_TOKEN, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "agentrft.cli", "train", str(cfg_file)]
+    metrics = tmp_path / "run" / "metrics.jsonl"
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    try:
+        # Step 3's row is written after checkpoint-2 is complete; kill before step 4's checkpoint.
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and any(r.step == 3 for r in read_metrics(metrics)):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, output
+    before = [r.step for r in read_metrics(metrics)]
+    assert 3 in before and 4 not in before
+
+    done = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resume: continuing from checkpoint-2" in done.stdout
+    steps = [r.step for r in read_metrics(metrics)]
+    assert steps == [0, 1, 2, 3, 4], steps
+    assert "done: 4 steps" in done.stdout
+
+
+def test_train_cli_errors_are_one_line(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("group_size: 8\nkl_coef: lots\n")
+    result = subprocess.run([sys.executable, "-m", "agentrft.cli", "train", str(cfg_file)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {cfg_file}:2: kl_coef: Input should be a valid number, unable to parse string as a number"
+
+
+def test_accelerate_command_line(tmp_path: Path) -> None:
+    from agentrft.train.launch import accelerate_command
+
+    command = accelerate_command(tmp_path / "c.yaml", 4, resume=True)
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    assert command[command.index("--num_processes") + 1] == "4" and "--multi_gpu" in command
+    assert command[-5:] == ["-m", "agentrft.cli", "train", str(tmp_path / "c.yaml"), "--resume"]

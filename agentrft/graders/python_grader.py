@@ -61,8 +61,9 @@ class PythonGrader:
 
     def _start(self) -> None:
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        # -P keeps this folder off sys.path, so the user's `import base` is never our base.py.
         self._proc = subprocess.Popen(
-            [sys.executable, "-u", str(_WORKER)],
+            [sys.executable, "-u", "-P", str(_WORKER)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

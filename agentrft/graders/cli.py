@@ -93,7 +93,7 @@ def grade_test(
     table = Table(show_edge=False, pad_edge=False)
     for column in ("ref", "out", "expected", "got", ""):
         table.add_column(column, overflow="fold")
-    table.add_column("reason", overflow="fold", max_width=60)
+    table.add_column("reason", overflow="fold", max_width=72)
     for r in results:
         table.add_row(r.case.reference_answer, r.case.output_text, _fmt(r.case.expected_reward),
                       _fmt(r.grade.reward), "ok" if r.ok else "MISMATCH", r.grade.reason)  # fmt: skip

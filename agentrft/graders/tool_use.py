@@ -68,7 +68,8 @@ class ToolUseGrader:
         if self.max_tool_calls is not None:
             over = max(0, trajectory.n_tool_calls - self.max_tool_calls)
             scores["budget"] = max(0.0, 1 - over / self.max_tool_calls)
-            budget = f"{trajectory.n_tool_calls} tool calls, budget {self.max_tool_calls}"
+            n = trajectory.n_tool_calls
+            budget = f"{n} tool call{'' if n == 1 else 's'}, budget {self.max_tool_calls}"
             notes.append(f"{budget} ({over} over)" if over else budget)
 
         if not scores:

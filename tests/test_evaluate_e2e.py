@@ -56,7 +56,8 @@ def evaluations(tiny_model_dir: Path, synth_dir: Path, eval_config: Path, run_di
     main(["eval", *common, "--out", str(base), "--limit", "4"])
     first = read_models(base, EvalRecord)
     main(["eval", *common, "--out", str(base), "--limit", "5"])
-    main(["eval", *common, "--out", str(tuned), "--limit", "5", "--samples", "2", "--temperature", "1.0", "--seed", "1"])
+    main(["eval", *common, "--out", str(tuned), "--limit", "5", "--samples", "2", "--temperature", "1.0", "--seed", "1",
+          "--grader", "numeric"])
     return {"val": val, "base": base, "tuned": tuned, "first": first}
 
 

@@ -23,9 +23,9 @@ def eval_command(
     data: Annotated[Path, typer.Option(help="Dataset JSONL to evaluate (e.g. research_val.jsonl).")],
     out: Annotated[Path, typer.Option(help="EvalRecord JSONL to write; rows already there are skipped.")],
     samples: Annotated[int, typer.Option(min=1, help="Samples per row; 1 is greedy, more sample at --temperature.")] = 1,
-    tools_url: Annotated[Optional[str], typer.Option(help="Base URL of the tool server.")] = None,
-    token_file: Annotated[Optional[Path], typer.Option(help="File holding the tool server's bearer token.")] = None,
-    grader: Annotated[Optional[Path], typer.Option(help="Grader JSON/YAML; the running example's numeric grader if omitted.")] = None,
+    tools_url: Annotated[Optional[str], typer.Option(help="Base URL of the tool server (default: the config's, else http://127.0.0.1:8000).")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(help="File holding the tool server's bearer token (default: $TOOL_BEARER).")] = None,
+    grader: Annotated[Optional[str], typer.Option(help="Grader JSON/YAML file or built-in name (numeric, tool_use); default numeric.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Training config YAML whose rollout limits to use.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature when --samples > 1 (default 1.0).")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
@@ -72,7 +72,7 @@ def inspect_command(
     tuned: Annotated[Path, typer.Argument(help="EvalRecord JSONL of the tuned model.")],
     top: Annotated[int, typer.Option(help="How many regressions to show (0 = all).")] = 5,
     rows: Annotated[Optional[Path], typer.Option(help="Dataset JSONL, for prompts and references.")] = None,
-    regrade: Annotated[Optional[Path], typer.Option(help="Grade both runs again with this grader file.")] = None,
+    regrade: Annotated[Optional[str], typer.Option(help="Grade both runs again with this grader (file or built-in name).")] = None,
 ) -> None:
     """Step 8: regressions worst-first with the tuned trace; --regrade to test a grader fix."""
     from .compare import compare_runs

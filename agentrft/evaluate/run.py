@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 # Rows per rollout call: big enough to batch generation, small enough that an interrupted run
 # loses little and the progress bar moves.
 BATCH_ROWS = 8
+DEFAULT_TOOLS_URL = "http://127.0.0.1:8000"
+"""Where ``agentrft tools serve`` listens by default (and the training config's default)."""
 
 
 @dataclass
@@ -41,7 +43,7 @@ class EvalOptions:
     samples: int = 1
     tools_url: str | None = None
     token_file: Path | None = None
-    grader: Path | None = None
+    grader: str | Path | None = None
     config: Path | None = None
     temperature: float | None = None
     seed: int = 0
@@ -86,7 +88,7 @@ def _read_token(options: EvalOptions, config_token: str | None) -> str | None:
     return config_token or os.environ.get("TOOL_BEARER")
 
 
-def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | None, Path | None]:
+def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | None, str | Path | None]:
     """Rollout settings, tool server URL, token and grader path, from the flags and the config."""
     from ..agent.settings import RolloutSettings
 
@@ -107,9 +109,7 @@ def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | 
         fields["temperature"] = 0.0  # greedy: one deterministic answer per row
     elif options.temperature is not None:
         fields["temperature"] = options.temperature
-    if not tools_url:
-        raise UserError("eval: pass --tools-url URL (the tool server from 'agentrft tools serve') or --config CONFIG")
-    return RolloutSettings(**fields), tools_url, _read_token(options, config_token), grader
+    return RolloutSettings(**fields), tools_url or DEFAULT_TOOLS_URL, _read_token(options, config_token), grader
 
 
 def make_policy(options: EvalOptions, settings: RolloutSettings) -> tuple[Any, RolloutSettings]:

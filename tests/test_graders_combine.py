@@ -112,3 +112,11 @@ def test_example_multi_grader_weights_answer_and_tools() -> None:
     assert full.reward == 1.0 and full.sub_rewards == {"answer": 1.0, "tools": 1.0}
     wrong = grader.grade(row, _trajectory([("search", {}, False), ("read", {"path": "filings/h.html"}, False)], "$9M"))
     assert wrong.reward == pytest.approx(0.2)
+
+
+def test_cosine_similarity_uses_the_offline_embedder() -> None:
+    grader = load_grader({"type": "text_similarity", "evaluation_metric": "cosine"})
+    reference = "Operating margin was 13.4 percent"
+    close = grade_answer(grader, reference, "The operating margin came in at 13.4%")
+    far = grade_answer(grader, reference, "A recipe for lemon cake")
+    assert close.reward is not None and far.reward is not None and close.reward > far.reward + 0.2

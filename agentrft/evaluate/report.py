@@ -134,7 +134,6 @@ def build_context(
         "has_metrics": bool(metrics),
         "metric_steps": len(metrics),
         "metric_notes": metric_notes,
-        "last_metrics": {k: v for k, v in (metrics[-1] if metrics else {}).items() if not isinstance(v, (dict, list))},
         "curves": [{"title": c.title, "svg": curve_svg(c), "last": c.values[-1]} for c in curves],
         "missing_curves": missing,
         "config": config_path.read_text(encoding="utf-8") if config_path.is_file() else None,

@@ -25,7 +25,10 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 def test_regressions_worst_first_with_prompt_reference_and_trace(capsys: pytest.CaptureFixture[str]) -> None:
     out = run_cli(capsys, "inspect", str(BASE), str(TUNED), "--rows", str(ROWS))
     blocks = out.split("\n\n")
-    assert blocks[0] == "2 of 10 rows regressed"
+    assert blocks[0].splitlines() == [
+        "2 of 10 rows regressed",
+        "not compared: 1 only in base, 1 only in tuned, 1 without a grade (listed by agentrft compare)",
+    ]
     assert blocks[1].splitlines() == [
         "=== val-0008 Δreward=-1.00 Δtools=+2",
         "PROMPT: What was Henderson's revenue in Q3 2024?",
@@ -51,7 +54,7 @@ def test_regressions_worst_first_with_prompt_reference_and_trace(capsys: pytest.
 
 def test_top_limits_and_prompt_falls_back_to_the_trace(capsys: pytest.CaptureFixture[str]) -> None:
     out = run_cli(capsys, "inspect", str(BASE), str(TUNED), "--top", "1")
-    assert out.startswith("2 of 10 rows regressed; the worst 1 follow\n")
+    assert out.startswith("2 of 10 rows regressed; the worst 1 follow\nnot compared: ")
     assert out.count("=== ") == 1 and "=== val-0008" in out
     # No --rows: the prompt is the trace's user message; the reference cannot be known.
     assert "PROMPT: What was Henderson's revenue in Q3 2024?" in out

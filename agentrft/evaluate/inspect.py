@@ -104,6 +104,14 @@ def format_regressions(
     head = f"{len(regressions)} of {comparison.n} rows regressed"
     if len(shown) < len(regressions):
         head += f"; the worst {len(shown)} follow"
+    gaps = [
+        f"{len(ids)} {what}"
+        for ids, what in ((comparison.only_base, "only in base"), (comparison.only_tuned, "only in tuned"),
+                          (comparison.ungraded, "without a grade"))
+        if ids
+    ]
+    if gaps:
+        head += f"\nnot compared: {', '.join(gaps)} (listed by agentrft compare)"
     blocks = [head]
     for diff in shown:
         blocks.append("\n" + "\n".join(format_regression(diff, tuned_path, rows, store)))

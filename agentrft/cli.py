@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+from typer._click.exceptions import ClickException  # typer vendors its own click
 from rich.console import Console
 
 from .errors import UserError
@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> None:
         for line in str(exc).splitlines() or ["error"]:
             _err.print(f"error: {line}", markup=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _err.print("aborted", markup=False)
         sys.exit(130)
     except KeyboardInterrupt:

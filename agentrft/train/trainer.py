@@ -222,6 +222,10 @@ def train(
             f"{where(cfg.source or 'config', field='base_model')}: cannot load {cfg.base_model} ({exc})"
         ) from None
     torch.manual_seed(cfg.seed)
+    if not use_cuda and "OMP_NUM_THREADS" not in os.environ and model.num_parameters() < 20_000_000:
+        # A tiny model's matmuls are smaller than OpenMP's sync cost: on a busy 2-core machine one
+        # thread ran a GRPO step in ~4 s where two threads took 15-40 s.
+        torch.set_num_threads(1)
 
     monitor = Monitor(cfg, cfg.output_dir, rollouts, runner, val_rows, console=console)
     from datasets import Dataset

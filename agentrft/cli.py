@@ -51,7 +51,10 @@ _register_all()
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; bad input ends in one line on stderr and a non-zero exit."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode, a command's `raise typer.Exit(n)` comes back as the return value.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except UserError as exc:
         for line in str(exc).splitlines() or ["error"]:
             _err.print(f"error: {line}", markup=False)

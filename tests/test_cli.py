@@ -30,3 +30,21 @@ def test_help_lists_every_step():
     for command in ("data", "tools", "grade", "prior-check", "config", "train", "eval", "compare", "inspect",
                     "report", "plan", "serve", "demo"):
         assert command in out, command
+
+
+def test_a_command_exit_code_reaches_the_shell():
+    import pytest
+    import typer
+
+    from agentrft.cli import app, main
+
+    @app.command("exit-three", hidden=True)
+    def exit_three() -> None:
+        raise typer.Exit(3)
+
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["exit-three"])
+        assert exc.value.code == 3
+    finally:
+        app.registered_commands = [c for c in app.registered_commands if c.name != "exit-three"]

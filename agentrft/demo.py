@@ -1,22 +1,180 @@
-"""``agentrft demo``: the nine steps end to end on the embedded default model.
+"""``agentrft demo``: the nine steps end to end on the embedded tiny model, as a user would type them.
 
-Runs the steps that exist and names the ones that do not yet — it never pretends a step ran.
+Every step runs the real command (printed first, with ``$``), in the order the work happens: the
+dataset and the tools come first because the prior check needs both, and the tiny model is
+warm-started before its prior check ("fix the prior first", since no model can be downloaded here).
+The tool server runs in this process on a free loopback port with a fresh token for the length of the
+demo. The warm-started model is cached under ``--cache`` keyed by seed, version and settings, so a
+second demo skips the warm start; a key that differs never reuses it.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import shlex
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
+import yaml
 from rich.console import Console
 
+from .errors import UserError
+
 console = Console(highlight=False)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the repository's examples/
 
 
-def run_demo(out: Path, seed: int) -> None:
-    """Run every available step into ``out``; list the missing ones."""
-    console.print(f"[bold]agentrft demo[/] → {out}")
-    console.print("No steps are wired into the demo yet.")
+class StepFailed(Exception):
+    """A demo step's command exited non-zero."""
+
+
+@dataclass
+class Demo:
+    """Paths and settings shared by the steps."""
+
+    out: Path
+    seed: int
+    cache: Path
+    train_steps: int
+    timings: dict[str, float] = field(default_factory=dict)
+    tools_url: str = ""
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def token_file(self) -> Path:
+        return self.out / "tool_token"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / "runs" / "tiny-rft"
+
+    @property
+    def config(self) -> Path:
+        return self.out / "config.yaml"
+
+
+def agentrft(*args: str | Path) -> None:
+    """Run one agentrft command in this process, echoing it the way a user would type it."""
+    from .cli import main
+
+    argv = [str(a) for a in args]
+    console.print(f"\n[bold cyan]$ agentrft {shlex.join(argv)}[/]")
+    try:
+        main(argv)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise StepFailed(f"agentrft {argv[0]} exited with {exc.code}") from None
+
+
+@contextmanager
+def step(demo: Demo, title: str) -> Iterator[None]:
+    console.rule(f"[bold]{title}")
+    started = time.perf_counter()
+    yield
+    demo.timings[title] = time.perf_counter() - started
+
+
+@contextmanager
+def tool_server(demo: Demo) -> Iterator[str]:
+    """Step 3: the real tool server, with the read budget the tiny model was built for."""
+    from .model.prompts import READ_BUDGET_CHARS
+    from .tools.server import create_app
+    from .tools.testing import build_registry, serve_app
+
+    token = secrets.token_urlsafe(24)
+    demo.token_file.write_text(token + "\n")
+    demo.token_file.chmod(0o600)
+    console.print(
+        f"[bold cyan]$ agentrft tools serve --corpus {demo.data / 'corpus'} --read-budget {READ_BUDGET_CHARS} "
+        f"--token-file {demo.token_file} &[/]"
+    )
+    registry = build_registry(demo.data / "corpus", read_budget=READ_BUDGET_CHARS, cache_dir=demo.out / ".index")
+    with serve_app(create_app(registry, token)) as url:
+        console.print(f"serving {', '.join(registry.tools)} on {url}")
+        yield url
+
+
+def write_config(demo: Demo, base_model: Path) -> None:
+    """Step 5: the tiny model's config, from the shipped example, pointed at this demo's files."""
+    cfg = yaml.safe_load((EXAMPLES / "tiny_config.yaml").read_text())
+    cfg.update(
+        train_path=str((demo.data / "research_train.jsonl").resolve()),
+        val_path=str((demo.data / "research_val.jsonl").resolve()),
+        base_model=str(base_model.resolve()),
+        tools_url=demo.tools_url,
+        tools_token_env=None,
+        tools_token_file=str(demo.token_file.resolve()),
+        output_dir=str(demo.run_dir.resolve()),
+        seed=demo.seed,
+        max_steps=demo.train_steps,
+    )
+    demo.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def warm_model(demo: Demo) -> Path:
+    """The embedded default: build the tiny model and warm-start it, or reuse the cached one."""
+    from .model.cache import cache_key, cached_warm_model, store_warm_model
+
+    key = cache_key(seed=demo.seed, data_dir=demo.data)
+    cached = cached_warm_model(demo.cache, key)
+    if cached is not None:
+        console.print(f"warm-started model found in the cache ({cached}); skipping build and warm start")
+        return cached
+    tiny = demo.out / "models" / "tiny"
+    warm = demo.out / "models" / "tiny-warm"
+    agentrft("model", "tiny", "--corpus", demo.data / "corpus", "--out", tiny, "--seed", demo.seed)
+    agentrft("sft", "--model", tiny, "--rows", demo.data / "research_train.jsonl", "--tools-url", demo.tools_url,
+             "--token-file", demo.token_file, "--out", warm, "--seed", demo.seed)
+    return store_warm_model(demo.cache, key, warm)
+
+
+def run_demo(demo: Demo) -> None:
+    demo.out.mkdir(parents=True, exist_ok=True)
+    train, val = demo.data / "research_train.jsonl", demo.data / "research_val.jsonl"
+    with step(demo, "Step 2 · dataset"):
+        agentrft("data", "synth", "--out", demo.data, "--seed", demo.seed)
+        agentrft("data", "validate", train, val)
+    with ExitStack() as stack:
+        with step(demo, "Step 3 · tool servers"):
+            demo.tools_url = stack.enter_context(tool_server(demo))
+            agentrft("tools", "smoke", "--url", demo.tools_url, "--token-file", demo.token_file)
+        _after_tools(demo, train, val)
+
+
+def _after_tools(demo: Demo, train: Path, val: Path) -> None:
+    with step(demo, "Step 4 · grader, tested alone"):
+        agentrft("grade", "test", EXAMPLES / "grader_cases.jsonl")
+    with step(demo, "Embedded model · build and warm start (fix the prior first)"):
+        base = warm_model(demo)
+    with step(demo, "Step 5 · config"):
+        write_config(demo, base)
+        agentrft("config", "check", demo.config)
+    with step(demo, "Step 1 · prior check"):
+        agentrft("prior-check", demo.config, "--n", 40, "--rollouts", 5, "--out", demo.out / "prior.jsonl")
+    with step(demo, "Step 6 · train"):
+        agentrft("train", demo.config)
+    evals = demo.run_dir / "eval"
+    best = demo.run_dir / "checkpoints" / "best"
+    with step(demo, "Step 7 · evaluate base vs tuned"):
+        for name, model in (("base", base), ("tuned", best)):
+            agentrft("eval", "--model", model, "--data", val, "--out", evals / f"{name}.jsonl",
+                     "--config", demo.config)
+        agentrft("compare", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val)
+    with step(demo, "Step 8 · inspect and report"):
+        agentrft("inspect", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val, "--top", 3)
+        agentrft("report", demo.run_dir, "--rows", val)
+    with step(demo, "Step 9 · plan"):
+        agentrft("plan", "--model", best if (best / "config.json").exists() else base, "--group-size", 8,
+                 "--prompts", 8, "--tokens", 1024, "--gpu-gib", 24)
+        agentrft("plan", "--model", "Qwen/Qwen2.5-7B-Instruct")
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +182,18 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Path = typer.Option(Path("demo-out"), help="Directory for the corpus, models, runs and report."),
         seed: int = typer.Option(0, help="Seed for the corpus, the model and training."),
+        cache: Path = typer.Option(Path(os.environ.get("AGENTRFT_CACHE", ".cache/agentrft")),
+                                   help="Cache of warm-started tiny models (keyed by seed and version)."),
+        train_steps: int = typer.Option(40, min=1, help="GRPO steps to run."),
     ) -> None:
         """Run the nine steps end to end on the embedded tiny model and write a report."""
-        run_demo(out, seed)
+        demo_state = Demo(out=out, seed=seed, cache=cache, train_steps=train_steps)
+        started = time.perf_counter()
+        try:
+            run_demo(demo_state)
+        except StepFailed as exc:
+            raise UserError(f"demo stopped: {exc}") from None
+        console.rule("[bold]done")
+        for title, seconds in demo_state.timings.items():
+            console.print(f"{seconds:7.1f} s  {title}")
+        console.print(f"{time.perf_counter() - started:7.1f} s  in all · report: {demo_state.run_dir / 'report.html'}")

@@ -62,9 +62,13 @@ def test_report_without_evaluations_or_metrics_says_how_to_make_them(
 ) -> None:
     run = tmp_path / "empty-run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text('{"step": 0, "loss": 0.5}\nnot json\n{"step": 1, "loss": 0.4}\n')
+    (run / "metrics.jsonl").write_text(
+        '{"step": 0, "loss": 0.5, "train_reward": 0.1}\nnot json\n'
+        '{"step": 1, "loss": 0.4, "train_reward": 0.2, "abort": "kl_to_ref 1.30 above abort_kl_max 1.0"}\n'
+    )
     html = write(run, capsys)
-    assert html.count('<figure class="curve"><svg') == 1
+    assert html.count('<figure class="curve"><svg') == 2  # loss and train reward
+    assert "The run was aborted at step 1: kl_to_ref 1.30 above abort_kl_max 1.0" in html
     for key in ("val_reward", "tool_calls", "kl_to_ref"):
         assert f"No values of <code>{key}</code>" in html
     assert "metrics.jsonl:2: malformed JSON" in html

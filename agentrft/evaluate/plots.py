@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from .compare import SliceStats
 
 # Learning curves in the order the tutorial's training printout lists them, with readable titles.
-CURVES = (
-    ("val_reward", "val reward", "reward"),
-    ("tool_calls", "tool calls per rollout", "calls"),
-    ("kl_to_ref", "KL to the reference", "KL"),
-    ("loss", "loss", "loss"),
-    ("reward", "train reward", "reward"),
+# Each names the metrics.jsonl keys that may hold it, first found wins (``reward`` is an older
+# name of ``train_reward``).
+CURVES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("val_reward",), "val reward", "reward"),
+    (("tool_calls",), "tool calls per rollout", "calls"),
+    (("kl_to_ref",), "KL to the reference", "KL"),
+    (("loss",), "loss", "loss"),
+    (("train_reward", "reward"), "train reward", "reward"),
 )
+REQUIRED_CURVES = ("val_reward", "tool_calls", "kl_to_ref", "loss")
 _NO_METADATA = {"Creator": None, "Date": None, "Format": None, "Type": None}
 BASE_COLOR, TUNED_COLOR, LINE_COLOR = "#9aa5b1", "#2f6fdf", "#2f6fdf"
 
@@ -47,7 +50,8 @@ def _number(value: object) -> float | None:
 def curves_from_metrics(metrics: Sequence[dict]) -> tuple[list[Curve], list[str]]:
     """The curves present in ``metrics`` rows, and the names of the expected ones that had no data."""
     curves, missing = [], []
-    for key, title, ylabel in CURVES:
+    for keys, title, ylabel in CURVES:
+        key = next((k for k in keys if any(_number(row.get(k)) is not None for row in metrics)), keys[0])
         steps, values = [], []
         for index, row in enumerate(metrics):
             value = _number(row.get(key))
@@ -58,7 +62,7 @@ def curves_from_metrics(metrics: Sequence[dict]) -> tuple[list[Curve], list[str]
             values.append(value)
         if values:
             curves.append(Curve(key, title, ylabel, steps, values))
-        elif key != "reward":
+        elif key in REQUIRED_CURVES:
             missing.append(key)
     return curves, missing
 

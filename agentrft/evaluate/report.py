@@ -134,6 +134,7 @@ def build_context(
         "has_metrics": bool(metrics),
         "metric_steps": len(metrics),
         "metric_notes": metric_notes,
+        "aborts": [f"step {row.get('step')}: {row['abort']}" for row in metrics if row.get("abort")],
         "curves": [{"title": c.title, "svg": curve_svg(c), "last": c.values[-1]} for c in curves],
         "missing_curves": missing,
         "config": config_path.read_text(encoding="utf-8") if config_path.is_file() else None,

@@ -291,7 +291,9 @@ def test_resume_after_kill_has_no_gap_or_duplicate(
     before = [r.step for r in read_metrics(metrics)]
     assert 3 in before and 4 not in before
 
-    done = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=240)
+    # The resumed run also goes through the accelerate launcher (one process on CPU).
+    relaunch = command + ["--resume", "--launcher", "accelerate", "--num-processes", "1"]
+    done = subprocess.run(relaunch, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resume: continuing from checkpoint-2" in done.stdout
     steps = [r.step for r in read_metrics(metrics)]
@@ -315,3 +317,15 @@ def test_accelerate_command_line(tmp_path: Path) -> None:
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "4" and "--multi_gpu" in command
     assert command[-5:] == ["-m", "agentrft.cli", "train", str(tmp_path / "c.yaml"), "--resume"]
+
+
+def test_accelerate_launcher_asks_for_one_gpu_per_process(tmp_path: Path) -> None:
+    import torch
+
+    from agentrft.errors import UserError
+    from agentrft.train.launch import relaunch
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs; the refusal only applies without them")
+    with pytest.raises(UserError, match="--num-processes: 2 processes need 2 GPUs"):
+        relaunch(tmp_path / "c.yaml", 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -55,22 +56,24 @@ def train_command(
         raise typer.Exit(relaunch(file, num_processes, resume))
     if max_steps is not None:
         cfg = cfg.model_copy(update={"max_steps": max_steps})
+    # Under a distributed launcher every process runs this command; only the first one talks.
+    console = _out if int(os.environ.get("RANK", "0")) == 0 else Console(quiet=True)
     for warning in check_config(cfg):
-        _out.print(f"warning: {warning}", markup=False)
+        console.print(f"warning: {warning}", markup=False)
 
     from .trainer import train
 
-    result = train(cfg, resume=resume, console=_out)
+    result = train(cfg, resume=resume, console=console)
     best = (
         f"best checkpoint: {result.best_dir} (step {result.best_step}, val_reward {result.best_val_reward:.3f})"
         if result.best_dir is not None
         else "no val_reward measured, no best checkpoint"
     )
     if result.aborted:
-        _out.print(f"aborted at step {result.abort_step}: {result.aborted}; {best}", markup=False)
+        console.print(f"aborted at step {result.abort_step}: {result.aborted}; {best}", markup=False)
         raise typer.Exit(ABORT_EXIT_CODE)
     last = f"last: {result.last_checkpoint}" if result.last_checkpoint else "no checkpoint"
-    _out.print(f"done: {result.steps} steps in {result.run_dir}; {best}; {last}", markup=False)
+    console.print(f"done: {result.steps} steps in {result.run_dir}; {best}; {last}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,9 @@ accelerate starts N processes with the distributed environment set, and each run
 single-process command, which TRL turns into data-parallel GRPO (each process rolls out its share
 of the prompts; rewards are gathered so every group is normalised across processes). Extra
 ``accelerate`` settings (DeepSpeed, FSDP, mixed precision) come from the user's ``accelerate
-config`` file as usual, or from ``ACCELERATE_CONFIG_FILE``.
+config`` file as usual, or from ``ACCELERATE_CONFIG_FILE``. Two processes on CPU (gloo) were run
+with ``torchrun --nproc_per_node 2 -m agentrft.cli train FILE``: accelerate's own CPU launcher
+starts a single process, so ``--launcher accelerate`` asks for one GPU per process.
 """
 
 from __future__ import annotations
@@ -44,8 +46,14 @@ def relaunch(config_file: Path, num_processes: int, resume: bool = False) -> int
         raise UserError("--launcher accelerate: already running under accelerate; drop --launcher")
     import torch
 
-    multi_gpu = num_processes > 1 and torch.cuda.is_available()
-    command = accelerate_command(config_file, num_processes, resume, multi_gpu=multi_gpu)
+    gpus = torch.cuda.device_count()
+    if num_processes > 1 and gpus < num_processes:
+        # accelerate's CPU launcher starts one process; a CPU dry run of N processes needs torchrun.
+        raise UserError(
+            f"--num-processes: {num_processes} processes need {num_processes} GPUs, this machine has {gpus} "
+            f"(on CPU try: torchrun --nproc_per_node {num_processes} -m agentrft.cli train {config_file})"
+        )
+    command = accelerate_command(config_file, num_processes, resume, multi_gpu=num_processes > 1)
     env = dict(os.environ, **{LAUNCHED_ENV: "1"})
     return subprocess.call(command, env=env)
 

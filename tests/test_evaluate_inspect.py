@@ -11,7 +11,7 @@ from agentrft.cli import main
 from agentrft.evaluate.compare import compare_runs
 from agentrft.evaluate.inspect import format_regrade, regrade, render_trace
 from agentrft.evaluate.records import load_eval, load_rows
-from agentrft.schema import Grade, MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
+from agentrft.schema import Grade, Row, ToolCallTurn, ToolResultTurn, Trajectory
 
 DATA = Path(__file__).parent / "data" / "eval"
 BASE, TUNED, ROWS = DATA / "base.jsonl", DATA / "tuned.jsonl", DATA / "rows.jsonl"

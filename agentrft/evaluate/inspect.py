@@ -30,14 +30,18 @@ def _clip(text: str, limit: int) -> str:
     return cut.replace("\n", "\\n") + ("…" if len(text) > limit else "")
 
 
+def call_text(turn: ToolCallTurn) -> str:
+    """``search({"query": ...})``; a malformed call shows the model's own text and what was wrong."""
+    args = turn.raw if turn.error and turn.raw else json.dumps(turn.args, ensure_ascii=False)
+    return f"{turn.name}({args})" + (f"  ✗ {turn.error}" if turn.error else "")
+
+
 def render_trace(trajectory: Trajectory) -> list[str]:
     """A trajectory as the tutorial prints it: → calls, ← first 80 characters, [model] text."""
     lines = []
     for turn in trajectory.turns:
         if isinstance(turn, ToolCallTurn):
-            args = turn.raw if turn.error and turn.raw else json.dumps(turn.args, ensure_ascii=False)
-            bad = f"  ✗ {turn.error}" if turn.error else ""
-            lines.append(f"  → {turn.name}({args}){bad}")
+            lines.append(f"  → {call_text(turn)}")
         elif isinstance(turn, ToolResultTurn):
             lines.append(f"  ← {_clip(turn.output, TOOL_OUTPUT_CHARS)}")
         elif isinstance(turn, MessageTurn) and turn.role == "assistant":

@@ -9,7 +9,6 @@ metrics yet, no evaluation) becomes a note on the page telling how to produce it
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from ..errors import UserError
 from ..jsonl import iter_json_lines
 from ..schema import MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
 from .compare import Comparison, RowDiff, compare_runs, format_comparison
-from .inspect import format_delta_tools, prompt_of
+from .inspect import call_text, format_delta_tools, prompt_of
 from .records import TraceStore, load_eval, load_rows
 
 TEMPLATE = "report.html.jinja"
@@ -73,9 +72,7 @@ def turn_views(trajectory: Trajectory) -> list[dict[str, Any]]:
         if isinstance(turn, MessageTurn):
             views.append({"kind": turn.role, "label": turn.role if turn.role != "assistant" else "model", "text": turn.content})
         elif isinstance(turn, ToolCallTurn):
-            args = turn.raw if turn.error and turn.raw else json.dumps(turn.args, ensure_ascii=False)
-            text = f"{turn.name}({args})" + (f"  ✗ {turn.error}" if turn.error else "")
-            views.append({"kind": "call", "label": "→ call", "text": text})
+            views.append({"kind": "call", "label": "→ call", "text": call_text(turn)})
         elif isinstance(turn, ToolResultTurn):
             output = turn.output
             if len(output) > REPORT_OUTPUT_CHARS:

@@ -190,3 +190,28 @@ def test_greedy_is_deterministic_and_left_padding_is_harmless(tiny_model_dir, to
     n = alone.prompt_length
     assert alone.token_ids[: n + 1] == batched.token_ids[: n + 1]
     assert alone.logprobs[0] == pytest.approx(batched.logprobs[0], abs=1e-4)
+
+
+def test_a_peft_model_in_training_mode_can_roll_out(model_and_tokenizer, tool_server, rows):
+    """Training hands the policy the LoRA-wrapped model it is updating; it comes back in training mode."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from agentrft.agent.policy import LocalPolicy
+
+    model, tokenizer = model_and_tokenizer
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    peft_model.train()
+    policy = LocalPolicy(peft_model, tokenizer, device="cpu")
+    (trajectory,) = rollout(rows[:1], policy, tool_server, TOOL_TOKEN, RolloutSettings(seed=0, max_new_tokens=8))
+    assert peft_model.training
+    assert sum(trajectory.loss_mask) == len(trajectory.logprobs) > 0
+
+
+def test_missing_model_folder_is_a_user_error(tmp_path):
+    from agentrft.agent.policy import LocalPolicy
+    from agentrft.errors import UserError
+
+    with pytest.raises(UserError, match="cannot load a model"):
+        LocalPolicy.from_pretrained(tmp_path / "nope")

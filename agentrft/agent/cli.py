@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -32,8 +33,7 @@ def prior_check_command(
     from ..schema import Row
     from ..tools.client import ToolServerUnavailable
     from ..train.config import load_config
-    from .policy import LocalPolicy, load_policy
-    from .settings import RolloutSettings
+    from .policy import load_policy
 
     cfg = load_config(config)
     if cfg.val_path is None:
@@ -43,21 +43,7 @@ def prior_check_command(
         raise UserError(f"{cfg.val_path}: no rows")
     grader = load_grader(cfg.grader) if cfg.grader else default_grader()
     policy = load_policy(model or cfg.base_model, served_model)
-    settings = RolloutSettings(
-        max_tool_calls=cfg.max_tool_calls,
-        max_trajectory_tokens=cfg.max_trajectory_tokens,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-        seed=cfg.seed,
-        system_prompt=cfg.system_prompt,
-    )
-    if isinstance(policy, LocalPolicy):
-        # A trajectory longer than the model's position table is outside anything it can attend to.
-        limit = getattr(policy.model.config, "max_position_embeddings", None)
-        if limit and settings.max_trajectory_tokens > limit:
-            settings = settings.model_copy(update={"max_trajectory_tokens": int(limit)})
+    settings = rollout_settings(cfg, policy)
     out = out or cfg.output_dir / "prior.jsonl"
     _out.print(
         f"prior check: {len(rows)} rows × {rollouts} rollouts of {policy.name} "
@@ -89,6 +75,29 @@ def prior_check_command(
         kept = [row for row in rows if row.id in keep]
         write_models(write_filtered, kept)
         _out.print(f"wrote {write_filtered} ({len(kept)} rows in the signal band)", markup=False)
+
+
+def rollout_settings(cfg: Any, policy: Any) -> Any:
+    """The config's sampling and budgets; a local model's token budget is capped at its context length."""
+    from .policy import LocalPolicy
+    from .settings import RolloutSettings
+
+    settings = RolloutSettings(
+        max_tool_calls=cfg.max_tool_calls,
+        max_trajectory_tokens=cfg.max_trajectory_tokens,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        seed=cfg.seed,
+        system_prompt=cfg.system_prompt,
+    )
+    if isinstance(policy, LocalPolicy):
+        # A trajectory longer than the model's position table is outside anything it can attend to.
+        limit = getattr(policy.model.config, "max_position_embeddings", None)
+        if limit and settings.max_trajectory_tokens > limit:
+            settings = settings.model_copy(update={"max_trajectory_tokens": int(limit)})
+    return settings
 
 
 def register(app: typer.Typer) -> None:

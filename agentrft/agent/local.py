@@ -88,8 +88,9 @@ class LocalPolicy:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto")
-        except OSError as exc:
-            raise UserError(f"{path}: cannot load a model ({str(exc).splitlines()[0]})") from None
+        except (OSError, ValueError) as exc:  # missing folder, no weights, not a valid hub id
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{path}: cannot load a model ({first})") from None
         return cls(model, tokenizer, device=device, batch_size=batch_size, name=str(path))
 
     def _stop_ids(self) -> list[int]:

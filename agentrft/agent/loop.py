@@ -10,6 +10,7 @@ tools and tool errors never raise: they are recorded and the model sees an error
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -118,8 +119,6 @@ def _take_reply(episode: Episode, reply: Reply, settings: RolloutSettings) -> li
 
 
 def _assistant_message(reply: Reply) -> dict[str, Any]:
-    import json
-
     calls = [
         {
             "id": call.call_id,

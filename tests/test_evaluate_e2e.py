@@ -163,3 +163,41 @@ def test_compare_inspect_and_report_read_what_eval_wrote(
     assert html.count('<figure class="curve"><svg') == 4
     assert len(re.findall(r'<details class="row ', html)) == n
     assert "group_size: 4" in html
+
+
+def test_eval_through_an_endpoint_then_compare_with_the_tiny_model(
+    evaluations: dict, eval_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scripted OpenAI-compatible endpoint plays a tuned agent: search once, then answer the reference
+    (except on one row). Against the untrained tiny model, compare must count those as improvements."""
+    from agentrft.agent.testing import running_chat_server
+
+    rows = read_models(evaluations["val"], Row)[:5]
+    answers = {row.prompt: row.reference_answer for row in rows}
+    wrong = rows[1].prompt
+
+    def agent(messages: list[dict]) -> dict:
+        prompt = next(m["content"] for m in messages if m["role"] == "user")
+        if not any(m["role"] == "tool" for m in messages):
+            return {"content": None, "tool_calls": [("search", json.dumps({"query": prompt}))]}
+        return {"content": "I cannot tell" if prompt == wrong else answers[prompt]}
+
+    out = tmp_path / "endpoint.jsonl"
+    with running_chat_server(agent) as (url, log):
+        main(["eval", "--model", url, "--data", str(evaluations["val"]), "--config", str(eval_config),
+              "--out", str(out), "--limit", "5"])
+    capsys.readouterr()
+    assert log.requests[0]["model"] == "scripted"  # discovered from GET /v1/models
+    assert log.requests[0]["temperature"] == 0.0  # greedy by default
+    records = {r.id: r for r in read_models(out, EvalRecord)}
+    assert {rid: r.tool_calls for rid, r in records.items()} == {row.id: 1 for row in rows}
+    assert records[rows[1].id].reward == 0.0
+    assert all(records[row.id].reward == 1.0 for row in rows if row.prompt != wrong)
+
+    main(["compare", str(evaluations["base"]), str(out), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    base = {r.id: r for r in read_models(evaluations["base"], EvalRecord)}
+    paired = [rid for rid in records if base[rid].reward is not None]
+    assert data["n"] == len(paired) > 0
+    assert data["improved"] == sum(1 for rid in paired if records[rid].reward > base[rid].reward) >= 1
+    assert data["mean_d_tools"] == pytest.approx(sum(1 - base[rid].tool_calls for rid in paired) / len(paired))

@@ -151,10 +151,16 @@ def load_done(out: Path, model: str) -> list[EvalRecord]:
     return done
 
 
-def _count_lines(path: Path) -> int:
-    if not path.exists():
+def _next_trace_line(path: Path) -> int:
+    """Lines already in a traces file, after closing a last line cut short by an interrupted run
+    (so the next trajectory starts on a line of its own and every trace_line stays right)."""
+    if not path.exists() or path.stat().st_size == 0:
         return 0
-    with path.open("rb") as handle:
+    with path.open("rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) != b"\n":
+            handle.write(b"\n")
+        handle.seek(0)
         return sum(1 for _ in handle)
 
 
@@ -178,7 +184,7 @@ async def _run_batches(
 
     traces = traces_path_for(options.out)
     trace_file = os.path.relpath(traces, options.out.parent)
-    line = _count_lines(traces)
+    line = _next_trace_line(traces)
     written = 0
     async with ToolClient(tools_url, token=token) as client:
         for start in range(0, len(todo), BATCH_ROWS):

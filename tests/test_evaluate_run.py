@@ -61,3 +61,12 @@ def test_trace_lines_continue_after_an_interrupted_write(tmp_path: Path) -> None
     traces.write_text('{"a": 1}\n{"b": 2}\n{"cut sho')
     assert _next_trace_line(traces) == 3
     assert traces.read_text().endswith('{"cut sho\n')  # the next trajectory gets a line of its own
+
+
+def test_duplicate_row_ids_are_refused_before_any_rollout(tmp_path: Path) -> None:
+    from agentrft.evaluate.run import evaluate
+
+    row = '{"id": "val-1", "prompt": "What was X?", "reference_answer": "1%"}\n'
+    (tmp_path / "val.jsonl").write_text(row + row)
+    with pytest.raises(UserError, match="row id val-1 appears twice"):
+        evaluate(options(tmp_path))

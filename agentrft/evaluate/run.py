@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -229,6 +230,9 @@ def evaluate(options: EvalOptions) -> EvalSummary:
     rows = read_models(options.data, Row)[: options.limit]
     if not rows:
         raise UserError(f"{options.data}: no rows to evaluate")
+    twice = [rid for rid, n in Counter(row.id for row in rows).items() if n > 1]
+    if twice:
+        raise UserError(f"{options.data}: row id {twice[0]} appears twice; ids must be unique to pair results by row")
     settings, tools_url, token, grader_path = resolve_settings(options)
     grader = load_grader(grader_path) if grader_path else default_grader()
     done: dict[str, set[int]] = {}
@@ -245,7 +249,7 @@ def evaluate(options: EvalOptions) -> EvalSummary:
         TextColumn("eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), disable=not options.progress,
     ) as progress:
-        task = progress.add_task(Path(options.model).name or options.model, total=total)
+        task = progress.add_task(getattr(policy, "name", options.model), total=total)
         written = run_sync(
             _run_batches(todo, options, policy, grader, settings, tools_url, token,
                          lambda n: progress.advance(task, n))

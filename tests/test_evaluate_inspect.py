@@ -144,3 +144,19 @@ def test_regrade_cli_with_the_numeric_grader_clears_the_dollars_regression(
     assert regrade_part[3] == "regressions that remain: 1"
     assert regrade_part[4].startswith("  val-0007  Δreward -0.50 → -0.50")
     assert regrade_part[5] == "new regressions: 0"
+
+
+def test_other_buckets_show_what_may_be_suspiciously_right_or_still_unsolved(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = run_cli(capsys, "inspect", str(BASE), str(TUNED), "--bucket", "improved", "--top", "3")
+    assert out.startswith("4 of 10 rows improved; the largest 3 follow\n")
+    assert re.findall(r"=== (\S+) Δreward=(\S+) Δtools=(\S+)", out) == [
+        ("val-0001", "+1.00", "-4"), ("val-0005", "+1.00", "-4"), ("val-0002", "+0.50", "-2"),
+    ]
+    out = run_cli(capsys, "inspect", str(BASE), str(TUNED), "--bucket", "unsolved")
+    assert out.startswith("1 of 10 rows still unsolved\n")
+    assert "=== val-0004 Δreward=+0.00 Δtools=-4" in out and "  (stopped: max_tool_calls)" in out
+    with pytest.raises(SystemExit):
+        main(["inspect", str(BASE), str(TUNED), "--bucket", "worse"])
+    assert "--bucket worse: expected one of regressed, improved" in capsys.readouterr().err

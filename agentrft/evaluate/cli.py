@@ -73,17 +73,20 @@ def inspect_command(
     top: Annotated[int, typer.Option(help="How many regressions to show (0 = all).")] = 5,
     rows: Annotated[Optional[Path], typer.Option(help="Dataset JSONL, for prompts and references.")] = None,
     regrade: Annotated[Optional[str], typer.Option(help="Grade both runs again with this grader (file or built-in name).")] = None,
+    bucket: Annotated[str, typer.Option(help="Rows to show: regressed, improved, solved, unsolved or partial.")] = "regressed",
 ) -> None:
-    """Step 8: regressions worst-first with the tuned trace; --regrade to test a grader fix."""
-    from .compare import compare_runs
+    """Step 8: regressions worst-first with the tuned trace (--bucket for others); --regrade to test a grader fix."""
+    from .compare import BUCKETS, compare_runs
     from .inspect import format_regrade, format_regressions
     from .inspect import regrade as regrade_runs
     from .records import load_eval, load_rows
 
+    if bucket not in BUCKETS:
+        raise UserError(f"--bucket {bucket}: expected one of {', '.join(BUCKETS)}")
     base_run, tuned_run = load_eval(base), load_eval(tuned)
     dataset = load_rows(rows) if rows else None
     comparison = compare_runs(base_run, tuned_run)
-    typer.echo(format_regressions(comparison, dataset, top=top))
+    typer.echo(format_regressions(comparison, dataset, top=top, bucket=bucket))
     if regrade is not None:
         if dataset is None:
             raise UserError("--regrade needs --rows VAL.jsonl: the grader compares answers with each row's reference")

@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..schema import Row
 from .records import EvalRun, RowResult
 
+BUCKETS = ("regressed", "improved", "solved", "unsolved", "partial")
 # Rewards are means over samples, so "unchanged" means equal up to float noise, not bit-equal.
 EPS = 1e-9
 RECORD_KEYS = ("task_type", "difficulty")
@@ -106,8 +107,12 @@ class Comparison:
 
     def regressions(self) -> list[RowDiff]:
         """Regressed rows, worst first (ties by id so the order is stable)."""
-        worst = [d for d in self.diffs if d.bucket == "regressed"]
-        return sorted(worst, key=lambda d: (d.d_reward, d.id))
+        return self.in_bucket("regressed")
+
+    def in_bucket(self, bucket: str) -> list[RowDiff]:
+        """The rows of one bucket, the largest change first (ties by id so the order is stable)."""
+        rows = [d for d in self.diffs if d.bucket == bucket]
+        return sorted(rows, key=lambda d: (-abs(d.d_reward), d.id))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -20,6 +20,7 @@ from .records import EvalRun, TraceStore, group_records
 if TYPE_CHECKING:
     from ..graders import Grader
 
+BUCKET_NAMES = {"solved": "already solved", "unsolved": "still unsolved", "partial": "unchanged at partial credit"}
 TOOL_OUTPUT_CHARS = 80
 ANSWER_CHARS = 120
 
@@ -98,16 +99,21 @@ def format_regression(
 
 
 def format_regressions(
-    comparison: Comparison, rows: dict[str, Row] | None = None, top: int = 5
+    comparison: Comparison, rows: dict[str, Row] | None = None, top: int = 5, bucket: str = "regressed"
 ) -> str:
-    """The ``top`` worst regressions of a comparison, rendered one after another."""
-    regressions = comparison.regressions()
+    """The ``top`` rows of a bucket (by default the worst regressions), rendered one after another.
+
+    The other buckets answer the tutorial's other questions: ``improved`` shows what may be
+    suspiciously right, ``unsolved`` what the model still cannot do.
+    """
+    chosen = comparison.in_bucket(bucket)
     store = TraceStore()
     tuned_path = Path(comparison.tuned_path)
-    shown = regressions[:top] if top > 0 else regressions
-    head = f"{len(regressions)} of {comparison.n} rows regressed"
-    if len(shown) < len(regressions):
-        head += f"; the worst {len(shown)} follow"
+    shown = chosen[:top] if top > 0 else chosen
+    head = f"{len(chosen)} of {comparison.n} rows {BUCKET_NAMES.get(bucket, bucket)}"
+    if len(shown) < len(chosen):
+        order = {"regressed": "worst", "improved": "largest"}.get(bucket, "first")
+        head += f"; the {order} {len(shown)} follow"
     gaps = [
         f"{len(ids)} {what}"
         for ids, what in ((comparison.only_base, "only in base"), (comparison.only_tuned, "only in tuned"),

@@ -1,0 +1,265 @@
+"""Rollout phase: agentrft's agent loop against TRL's own tool-calling loop, in the same run.
+
+Both loops drive the same model object (a warm-started tiny Qwen2, so it really calls tools) on the
+same rows against the same tool server, whose three filings tools each wait 50 ms before answering
+(a stand-in for a real tool's network and compute time). 32 trajectories: 8 rows × 4 samples, as one
+GRPO generation batch.
+
+- agentrft: ``run_rollouts`` with a ``LocalPolicy``: one batched ``generate`` per turn across all
+  unfinished rollouts, then every pending tool call of the turn concurrently over HTTP.
+- TRL: ``GRPOTrainer(tools=[search, list, read])`` and its generation path (``_generate``: batched
+  first turn, then ``_tool_call_loop``, which runs tool calls one sample at a time). Its tools are
+  plain functions posting to the same server with a pooled httpx client.
+
+Both run with the same torch thread count (1 by default: on a shared 2-core machine two OpenMP threads
+in the main thread were measured 30× slower than one, which would flatter whichever loop happens to
+generate off the main thread). Both sample at the same temperature with the same per-turn cap (64 new tokens) and tool-call cap.
+Sampling differs, so the loops do not produce identical trajectories; generated tokens/s and tool
+calls per trajectory are printed so the work can be compared. Run:
+``python bench/rollout.py [--model DIR] [--repeats 2]`` (without --model, a tiny model is built and
+warm-started for two epochs into bench/.cache first, which takes a few minutes once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TOKEN = "bench-token"
+
+
+def slow_filings(corpus_dir: Path, latency_s: float, read_budget: int) -> object:
+    """The filings tools, each answering after ``latency_s`` (without holding the server's event loop)."""
+    from agentrft.tools.filings import FilingsTools
+
+    tools = FilingsTools(corpus_dir, read_budget).prepare()
+
+    class SlowFilings:
+        async def search(self, query: str, top_k: int = 3) -> str:
+            await asyncio.sleep(latency_s)
+            return await asyncio.to_thread(tools.search, query, top_k)
+
+        async def list(self, prefix: str = "") -> str:
+            await asyncio.sleep(latency_s)
+            return tools.list(prefix)
+
+        async def read(self, path: str) -> str:
+            await asyncio.sleep(latency_s)
+            return tools.read(path)
+
+    for name in ("search", "list", "read"):
+        getattr(SlowFilings, name).__doc__ = getattr(FilingsTools, name).__doc__
+    return SlowFilings()
+
+
+def trl_tools(url: str) -> list[Any]:
+    """Sync tool functions for TRL, posting to the tool server (TRL calls them one at a time)."""
+    import httpx
+
+    from agentrft.tools.filings import FilingsTools
+
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+
+    def post(name: str, arguments: dict[str, Any]) -> str:
+        return client.post(f"/{name}", json={"arguments": arguments, "call_id": "trl"}).json()["output"]
+
+    def search(query: str, top_k: int = 3) -> str:
+        return post("search", {"query": query, "top_k": top_k})
+
+    def list(prefix: str = "") -> str:  # noqa: A001 - the tool's name
+        return post("list", {"prefix": prefix})
+
+    def read(path: str) -> str:
+        return post("read", {"path": path})
+
+    for fn in (search, list, read):
+        fn.__doc__ = getattr(FilingsTools, fn.__name__).__doc__
+    return [search, list, read]
+
+
+def ensure_model(model: Path | None, synth_dir: Path, url: str) -> Path:
+    if model is not None:
+        return model
+    from agentrft.jsonl import read_models
+    from agentrft.model.sft import WarmStartSettings, warm_start
+    from agentrft.model.tiny import build_tiny_model
+    from agentrft.schema import Row
+
+    cache = ROOT / "bench" / ".cache"
+    warm = cache / "warm"
+    if not (warm / "config.json").exists():
+        print("building and warm-starting a tiny model (once) …", flush=True)
+        base = build_tiny_model(synth_dir / "corpus", cache / "tiny", seed=0)
+        rows = read_models(synth_dir / "research_train.jsonl", Row)
+        # Two epochs are enough for the model to call the tools, which is all this benchmark needs.
+        warm_start(base, rows, url, warm, token=TOKEN, settings=WarmStartSettings(epochs=2))
+    return warm
+
+
+def run_ours(model: Any, tokenizer: Any, rows: list, url: str, settings: Any, samples: int) -> dict[str, float]:
+    from agentrft.agent.loop import rollout
+    from agentrft.agent.policy import LocalPolicy
+
+    policy = LocalPolicy(model, tokenizer)
+    start = time.perf_counter()
+    trajectories = rollout(rows, policy, url, TOKEN, settings, samples_per_row=samples)
+    wall = time.perf_counter() - start
+    return {
+        "wall": wall,
+        "trajectories": len(trajectories),
+        "generated": sum(sum(t.loss_mask) for t in trajectories),
+        "tool_calls": sum(t.n_tool_calls for t in trajectories),
+    }
+
+
+def make_trl_trainer(
+    model: Any, tokenizer: Any, tools: list, settings: Any, batch: int, samples: int, out: Path, defaults: bool
+) -> Any:
+    """TRL's trainer around the same model. Unless ``defaults``, generation gets TRL's best settings here:
+    GRPOConfig turns the model's KV cache off (``config.use_cache = False``) and enables gradient
+    checkpointing, which makes its transformers generation path recompute the whole context per token."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    generation = {"max_new_tokens": settings.max_new_tokens}
+    tuned: dict[str, Any] = {}
+    if not defaults:
+        generation["use_cache"] = True
+        tuned["gradient_checkpointing"] = False
+    args = GRPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=batch,
+        num_generations=samples,
+        max_completion_length=settings.max_trajectory_tokens,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        generation_kwargs=generation,
+        max_tool_calling_iterations=settings.max_tool_calls,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1,
+        **tuned,
+    )
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": "x"}]}])
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=lambda completions, **_: [0.0] * len(completions),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        tools=tools,
+    )
+
+
+def run_trl(trainer: Any, rows: list, system_prompt: str, samples: int) -> dict[str, float]:
+    prompts = [
+        [{"role": "system", "content": system_prompt}, {"role": "user", "content": row.prompt}]
+        for row in rows
+        for _ in range(samples)
+    ]
+    before = sum(trainer._metrics["train"]["tools/call_frequency"])
+    start = time.perf_counter()
+    _, completion_ids, tool_mask, *_ = trainer._generate(prompts)
+    wall = time.perf_counter() - start
+    frequency = trainer._metrics["train"]["tools/call_frequency"][-1] if trainer._metrics["train"]["tools/call_frequency"] else before
+    return {
+        "wall": wall,
+        "trajectories": len(completion_ids),
+        "generated": sum(sum(mask) for mask in tool_mask),
+        "tool_calls": frequency * len(completion_ids),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="A model folder that calls the filings tools.")
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both loops.")
+    parser.add_argument("--trl-defaults", action="store_true", help="TRL as GRPOConfig leaves it (no KV cache).")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentrft.agent.settings import RolloutSettings
+    from agentrft.data.synth import synth
+    from agentrft.jsonl import read_models
+    from agentrft.model import prompts
+    from agentrft.schema import Row
+    from agentrft.tools.testing import running_server
+
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
+    synth(work, companies=4, seed=0)
+    rows = read_models(work / "research_val.jsonl", Row)[: args.rows]
+    settings = RolloutSettings(
+        max_tool_calls=prompts.MAX_TOOL_CALLS,
+        max_trajectory_tokens=prompts.MAX_TRAJECTORY_TOKENS,
+        max_new_tokens=prompts.MAX_NEW_TOKENS,
+        temperature=prompts.TEMPERATURE,
+        seed=0,
+    )
+    slow = slow_filings(work / "corpus", args.latency_ms / 1000, prompts.READ_BUDGET_CHARS)
+    with running_server(tools=slow, token=TOKEN) as url:
+        model_dir = ensure_model(args.model, work, url)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        trainer = make_trl_trainer(
+            model, tokenizer, trl_tools(url), settings, args.rows * args.samples, args.samples, work / "trl",
+            args.trl_defaults,
+        )
+        # Warm-up (first-call overheads), then alternate the two loops so drift hits both alike.
+        run_ours(model, tokenizer, rows[:2], url, settings, 2)
+        run_trl(trainer, rows[:2], prompts.SYSTEM_PROMPT, 2)
+        ours, trl = [], []
+        for repeat in range(args.repeats):
+            ours.append(run_ours(model, tokenizer, rows, url, settings.model_copy(update={"seed": repeat}), args.samples))
+            trl.append(run_trl(trainer, rows, prompts.SYSTEM_PROMPT, args.samples))
+    report(ours, trl, args)
+
+
+def report(ours: list[dict[str, float]], trl: list[dict[str, float]], args: argparse.Namespace) -> None:
+    def row(name: str, runs: list[dict[str, float]]) -> tuple[str, float, float, float, float, float]:
+        wall = statistics.median(r["wall"] for r in runs)
+        n = runs[0]["trajectories"]
+        generated = statistics.mean(r["generated"] for r in runs)
+        calls = statistics.mean(r["tool_calls"] for r in runs) / n
+        return name, wall, n / wall, generated / wall, calls, generated / n
+
+    lines = [row("TRL GRPOTrainer(tools=…)", trl), row("agentrft run_rollouts", ours)]
+    print(
+        f"\n{args.rows} rows × {args.samples} samples = {args.rows * args.samples} trajectories, "
+        f"{args.latency_ms:g} ms per tool call, {args.threads} CPU threads, median of {args.repeats}"
+        + (", TRL with GRPOConfig defaults" if args.trl_defaults else ", TRL with KV cache on")
+    )
+    print("| loop | wall s | trajectories/s | generated tokens/s | tool calls/trajectory | generated tokens/trajectory |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, wall, tps, gps, calls, gen in lines:
+        print(f"| {name} | {wall:.2f} | {tps:.2f} | {gps:.0f} | {calls:.2f} | {gen:.0f} |")
+    speedup = lines[0][1] / lines[1][1]
+    print(f"rollout phase speed-up (TRL wall / agentrft wall): {speedup:.1f}×")
+    print(json.dumps({"ours": ours, "trl": trl}))
+
+
+if __name__ == "__main__":
+    main()

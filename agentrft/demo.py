@@ -121,9 +121,12 @@ def write_config(demo: Demo, base_model: Path) -> None:
 
 def warm_model(demo: Demo) -> Path:
     """The embedded default: build the tiny model and warm-start it, or reuse the cached one."""
-    from .model.cache import cache_key, cached_warm_model, store_warm_model
+    from .model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
+    from .model.sft import WarmStartSettings
 
-    key = cache_key(seed=demo.seed, data_dir=demo.data)
+    rows = demo.data / "research_train.jsonl"
+    settings = WarmStartSettings(seed=demo.seed).model_dump()
+    key = warm_start_key_parts(demo.seed, demo.data / "corpus", rows, settings)
     cached = cached_warm_model(demo.cache, key)
     if cached is not None:
         console.print(f"warm-started model found in the cache ({cached}); skipping build and warm start")
@@ -131,7 +134,7 @@ def warm_model(demo: Demo) -> Path:
     tiny = demo.out / "models" / "tiny"
     warm = demo.out / "models" / "tiny-warm"
     agentrft("model", "tiny", "--corpus", demo.data / "corpus", "--out", tiny, "--seed", demo.seed)
-    agentrft("sft", "--model", tiny, "--rows", demo.data / "research_train.jsonl", "--tools-url", demo.tools_url,
+    agentrft("sft", "--model", tiny, "--rows", rows, "--tools-url", demo.tools_url,
              "--token-file", demo.token_file, "--out", warm, "--seed", demo.seed)
     return store_warm_model(demo.cache, key, warm)
 

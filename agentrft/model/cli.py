@@ -1,9 +1,108 @@
-"""Commands of agentrft.model (registered on the main app by agentrft.cli)."""
+"""Commands of agentrft.model: ``agentrft model tiny`` (build) and ``agentrft sft`` (warm start)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from ..errors import UserError
+
+console = Console(highlight=False, emoji=False, soft_wrap=True)
+
+model_app = typer.Typer(
+    help="The embedded default model: build a tiny Qwen2 model with its own tokenizer.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@model_app.command("tiny")
+def tiny_command(
+    corpus: Path = typer.Option(..., "--corpus", help="Corpus directory the tokenizer is trained on."),
+    out: Path = typer.Option(..., "--out", help="Where the model and tokenizer are saved."),
+    seed: int = typer.Option(0, help="Seed of the random initialisation."),
+) -> None:
+    """Build the tiny model: corpus-trained tokenizer, Qwen2.5 chat template, ~1M-parameter Qwen2."""
+    import time
+
+    from .tiny import build_tiny_model
+
+    start = time.perf_counter()
+    path = build_tiny_model(corpus, out, seed=seed)
+    from transformers import AutoConfig, AutoTokenizer
+
+    config, tokenizer = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    import json
+
+    params = json.loads((path / "agentrft_model.json").read_text())["parameters"]
+    console.print(f"Built {config.model_type} model with {params:,} parameters, vocabulary {len(tokenizer):,}")
+    console.print(f"Saved to {path} in {time.perf_counter() - start:.1f}s")
+
+
+def _token(token_file: Path | None) -> str | None:
+    if token_file is not None:
+        try:
+            return token_file.read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise UserError(f"{token_file}: cannot read the token file ({exc.strerror})") from None
+    return os.environ.get("TOOL_BEARER", "").strip() or None
+
+
+def sft_command(
+    model: Path = typer.Option(..., "--model", help="Model directory to warm-start (e.g. from 'agentrft model tiny')."),
+    rows: Path = typer.Option(..., "--rows", help="Training rows (JSONL) the demonstrations are made on."),
+    tools_url: str = typer.Option(..., "--tools-url", help="Base URL of the running tool server."),
+    out: Path = typer.Option(..., "--out", help="Where the warm-started model is saved."),
+    token_file: Path | None = typer.Option(None, "--token-file", help="Bearer token file (default: $TOOL_BEARER)."),
+    epochs: int = typer.Option(8, help="Passes over the demonstrations (fresh drills each pass)."),
+    learning_rate: float = typer.Option(1e-3, "--lr", help="Learning rate."),
+    seed: int = typer.Option(0, help="Seed of the strategy mixture, drills and training."),
+) -> None:
+    """Warm start ("fix the prior first"): SFT on scripted demonstrations of mixed quality."""
+    from ..jsonl import read_models
+    from ..schema import Row
+    from .sft import WarmStartSettings, warm_start
+
+    if not (model / "config.json").is_file():
+        raise UserError(f"{model}: no config.json; pass a model directory (build one with 'agentrft model tiny')")
+    row_list = read_models(rows, Row)
+    if not row_list:
+        raise UserError(f"{rows}: no rows to demonstrate on")
+    token = _token(token_file)
+    _check_server(tools_url, token)
+    settings = WarmStartSettings(epochs=epochs, learning_rate=learning_rate, seed=seed)
+    console.print(f"Demonstrating on {len(row_list)} rows against {tools_url}, then {epochs} epochs of SFT ...")
+    result = warm_start(model, row_list, tools_url, out, token=token, settings=settings)
+    shares = ", ".join(
+        f"{name} {n} ({result.demonstrations_correct.get(name, 0)} correct)"
+        for name, n in sorted(result.strategy_counts.items())
+    )
+    console.print(f"Demonstrations: {result.demonstrations} — {shares}")
+    console.print(f"Trained on {result.examples} examples ({result.drills} reading drills) in {result.steps} steps, "
+                  f"{result.train_seconds:.0f}s; final loss {result.final_loss:.3f}")
+    console.print(f"Saved the warm-started model to {out}")
+
+
+def _check_server(url: str, token: str | None) -> None:
+    """Fail in one line when the tool server is down or refuses the token, before any work starts."""
+    import httpx
+
+    try:
+        reply = httpx.get(url.rstrip("/") + "/tools", headers={"Authorization": f"Bearer {token}"} if token else {},
+                          timeout=10)
+    except httpx.HTTPError as exc:
+        raise UserError(f"--tools-url {url}: tool server unreachable ({type(exc).__name__}); start it with "
+                        "'agentrft tools serve'") from None
+    if reply.status_code in (401, 403):
+        raise UserError(f"--tools-url {url}: the server refused the token (set TOOL_BEARER or pass --token-file)")
+    if reply.status_code != 200:
+        raise UserError(f"--tools-url {url}: GET /tools answered {reply.status_code}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this step's commands to the main app."""
+    app.add_typer(model_app, name="model")
+    app.command("sft")(sft_command)

@@ -18,6 +18,11 @@ uses Qwen2's exact pre-tokenizer and normalizer so that the tokenizer we train w
 later step loads. The one consequence: text is NFC-normalised, so round-trips are exact for NFC text
 (all text the tools return; other text comes back as its NFC form).
 
+A fourth choice keeps sequences short enough to train on two cores: the system turn (our system
+prompt, the template's tools preamble, one JSON line per tool) is the same in every conversation and
+is ~400 tokens of BPE; each of its constant pieces is one added token instead, so it costs ~10. The
+model conditions on it all the same; a row with different tool specs simply falls back to BPE.
+
 The special tokens split the text before anything else; encoding a conversation piecewise at those
 boundaries (prompt, each generated turn, each tool result) therefore gives the same ids as encoding
 it whole, which keeps the agent loop's loss mask on the tokens it means to cover.
@@ -81,7 +86,7 @@ def find_metric_labels(docs: list[tuple[str, str]], min_docs: int = 2) -> list[s
     try:  # the generator's own list, when the corpus is the generated one
         from agentrft.data.synth import METRIC_LABELS
 
-        labels.update(METRIC_LABELS)
+        labels.update(METRIC_LABELS.values() if isinstance(METRIC_LABELS, dict) else METRIC_LABELS)
     except ImportError:
         pass
     return sorted(labels)
@@ -156,7 +161,28 @@ def train_tokenizer(
         model_max_length=2048,
         chat_template=qwen2_5_chat_template,
     )
+    tokenizer.add_tokens(
+        [AddedToken(t, normalized=False, special=False) for t in preamble_pieces(tokenizer, tool_specs)]
+    )
     return add_response_schema(tokenizer)
+
+
+def preamble_pieces(tokenizer: PreTrainedTokenizerFast, tool_specs: list[dict]) -> list[str]:
+    """The constant pieces of the system turn: the system prompt, the tools header, each tool's line, the footer."""
+    marker = "\x00"
+    text = tokenizer.apply_chat_template(
+        [{"role": "system", "content": marker}], tools=tool_specs, tokenize=False
+    )
+    body = text.split(marker, 1)[1].rsplit("<|im_end|>", 1)[0]
+    lines = [json.dumps(spec, ensure_ascii=False) for spec in tool_specs]
+    pieces = [SYSTEM_PROMPT]
+    rest = body
+    for line in lines:
+        head, found, rest = rest.partition("\n" + line)
+        if not found:  # the template serialises tools differently: keep only the system prompt
+            return pieces
+        pieces += [head, "\n" + line] if head else ["\n" + line]
+    return pieces + ([rest] if rest else [])
 
 
 __all__ = [
@@ -167,5 +193,6 @@ __all__ = [
     "document_text",
     "find_metric_labels",
     "label_tokens",
+    "preamble_pieces",
     "train_tokenizer",
 ]

@@ -102,7 +102,10 @@ class SearchIndex:
         self.titles = titles
         self.embedder = embedder
         self.embeddings = embeddings
-        self._paths = np.array([c.path for c in chunks])
+        if embeddings is not None:
+            import torch
+
+            self._embeddings_t = torch.from_numpy(np.ascontiguousarray(embeddings.T))
         texts = [_index_text(c, titles) for c in chunks]
         self.bm25 = bm25s.BM25()
         self.bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
@@ -162,7 +165,13 @@ class SearchIndex:
         """Rank documents for many queries at once (one embedding forward pass for all)."""
         import bm25s
 
-        dense = self._embed(queries) @ self.embeddings.T if self.embedder is not None else None
+        dense = None
+        if self.embedder is not None:
+            import torch
+
+            # torch, not numpy: numpy's OpenBLAS spins its own threads, and on a busy 2-core machine
+            # this product cost 23 ms of CPU per 64 queries instead of 0.9 ms.
+            dense = (torch.from_numpy(self._embed(queries)) @ self._embeddings_t).numpy()
         tokens = bm25s.tokenize(queries, stopwords="en", return_ids=False, show_progress=False)
         results = []
         for i, top_k in enumerate(top_ks):

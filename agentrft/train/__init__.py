@@ -1,1 +1,37 @@
-"""agentrft.train"""
+"""Steps 5 and 6: the training config and GRPO training through TRL with agentrft's agent loop.
+
+The config names load eagerly (they are light); the trainer, rollout adapter and monitor import
+torch, transformers and TRL, so they load on first use and ``agentrft --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import LoraBlock, TrainConfig, check_config, config_from_dict, load_config
+
+_LAZY = {
+    "train": ".trainer",
+    "TrainResult": ".trainer",
+    "last_checkpoint": ".trainer",
+    "AgentRollouts": ".rollout",
+    "RolloutRunner": ".rollout",
+    "agent_loop_runner": ".rollout",
+    "check_trl_contract": ".rollout",
+    "to_trl_batch": ".rollout",
+    "AbortRules": ".monitor",
+    "MetricsRow": ".monitor",
+    "Monitor": ".monitor",
+    "TraceRecord": ".monitor",
+    "read_metrics": ".monitor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["LoraBlock", "TrainConfig", "check_config", "config_from_dict", "load_config", *_LAZY]

@@ -1,0 +1,121 @@
+"""Measure a (warm-started) tiny model: success, prior-check buckets and strategy shares.
+
+Runs the product's own rollout engine (``agentrft.agent.loop.rollout``) with the budgets of
+``prompts.py`` and grades with the running example's default grader, so the numbers are the ones
+the prior check and evaluation steps will see. ``python -m agentrft.model.measure MODEL ROWS URL``
+prints them; the warm-start report quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..schema import Row
+from .prompts import MAX_NEW_TOKENS, MAX_TOOL_CALLS, MAX_TRAJECTORY_TOKENS, TEMPERATURE
+from .scripted import classify_strategy, trajectory_calls
+
+
+@dataclass
+class Measurement:
+    rows: int
+    samples_per_row: int
+    temperature: float
+    success: float
+    """Mean success over every rollout (a rollout succeeds when the grader gives it 1.0)."""
+    buckets: dict[str, int]
+    """Rows that never / sometimes / always succeeded over their samples (the prior check)."""
+    strategies: dict[str, float]
+    """Share of rollouts per strategy (good / hasty / wandering / no_answer)."""
+    success_by_task: dict[str, float]
+    seconds: float
+
+
+def rollout_settings(temperature: float, seed: int) -> Any:
+    from ..agent.settings import RolloutSettings
+
+    return RolloutSettings(
+        max_tool_calls=MAX_TOOL_CALLS,
+        max_trajectory_tokens=MAX_TRAJECTORY_TOKENS,
+        max_new_tokens=MAX_NEW_TOKENS,
+        temperature=temperature,
+        seed=seed,
+    )
+
+
+def measure(
+    policy: Any, rows: list[Row], tools_url: str, token: str | None, temperature: float = TEMPERATURE,
+    samples_per_row: int = 1, seed: int = 0,
+) -> Measurement:
+    """Roll out ``policy`` on ``rows`` and summarise (greedy when ``temperature`` is 0)."""
+    import time
+
+    from ..agent.loop import rollout
+    from ..graders import default_grader
+
+    start = time.perf_counter()
+    settings = rollout_settings(temperature, seed)
+    trajectories = rollout(rows, policy, tools_url, token, settings, samples_per_row=samples_per_row)
+    grader = default_grader()
+    by_id = {row.id: row for row in rows}
+    wins: dict[str, list[int]] = {row.id: [] for row in rows}
+    strategies: Counter[str] = Counter()
+    task_wins: dict[str, list[int]] = {}
+    for traj in trajectories:
+        row = by_id[traj.row_id]
+        grade = grader.grade(row, traj)
+        win = int((grade.reward or 0.0) >= 0.999)
+        wins[row.id].append(win)
+        task_wins.setdefault(row.metadata.task_type, []).append(win)
+        answered = traj.stop_reason == "answer" and bool(traj.output_text.strip())
+        strategies[classify_strategy(trajectory_calls(traj), row, answered)] += 1
+    buckets = Counter(
+        "always" if all(w) else "sometimes" if any(w) else "never" for w in wins.values() if w
+    )
+    total = max(len(trajectories), 1)
+    return Measurement(
+        rows=len(rows),
+        samples_per_row=samples_per_row,
+        temperature=temperature,
+        success=round(sum(sum(w) for w in wins.values()) / total, 3),
+        buckets={k: buckets.get(k, 0) for k in ("never", "sometimes", "always")},
+        strategies={k: round(v / total, 3) for k, v in sorted(strategies.items())},
+        success_by_task={k: round(sum(v) / len(v), 3) for k, v in sorted(task_wins.items())},
+        seconds=round(time.perf_counter() - start, 1),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ..agent.local import LocalPolicy
+    from ..jsonl import read_models
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model")
+    parser.add_argument("rows")
+    parser.add_argument("tools_url")
+    parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    rows = read_models(Path(args.rows), Row)[: args.limit]
+    policy = LocalPolicy.from_pretrained(args.model)
+    token = os.environ.get("TOOL_BEARER")
+    greedy = measure(policy, rows, args.tools_url, token, 0.0, 1, args.seed)
+    sampled = measure(policy, rows, args.tools_url, token, args.temperature, args.samples, args.seed)
+    print(json.dumps({"greedy": asdict(greedy), "sampled": asdict(sampled)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["Measurement", "measure", "rollout_settings"]

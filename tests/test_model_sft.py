@@ -1,0 +1,175 @@
+"""Warm start: scripted demonstrations over HTTP, loss masks, a short SFT run, the cache, the CLI."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from agentrft.jsonl import read_models
+from agentrft.model.prompts import READ_BUDGET_CHARS
+from agentrft.schema import Row
+
+TOKEN = "sft-test-token"
+
+
+@pytest.fixture(scope="module")
+def tiny_tools(corpus_dir: Path):
+    """The real tool server with the tiny model's read budget."""
+    from agentrft.tools.testing import running_server
+
+    with running_server(corpus_dir=corpus_dir, token=TOKEN, read_budget=READ_BUDGET_CHARS) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def train_rows(synth_dir: Path) -> list[Row]:
+    return read_models(synth_dir / "research_train.jsonl", Row)
+
+
+@pytest.fixture(scope="module")
+def demos(train_rows: list[Row], tiny_tools: str):
+    from agentrft.model.sft import WarmStartSettings, collect_demonstrations
+
+    return collect_demonstrations(train_rows[:40], tiny_tools, TOKEN, WarmStartSettings(seed=0))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_demonstrations_mix_strategies_and_classify_back(demos, train_rows: list[Row]) -> None:
+    from agentrft.model.scripted import classify_strategy
+
+    by_id = {row.id: row for row in train_rows}
+    counts = Counter(d.strategy for d in demos)
+    assert set(counts) == {"good", "hasty", "wandering"} and counts["good"] > counts["hasty"]
+    for demo in demos:
+        assert classify_strategy(demo.tool_calls, by_id[demo.row_id]) == demo.strategy
+        names = [name for name, _ in demo.tool_calls]
+        if demo.strategy == "hasty":
+            assert "read" not in names
+        else:
+            assert demo.correct and "read" in names
+            read_outputs = [m["content"] for m in demo.messages if m.get("name") == "read"]
+            assert all("truncated" in text or len(text) <= READ_BUDGET_CHARS + 80 for text in read_outputs)
+    # Lookups read the right filing, and the figure they answer with is in what the server returned.
+    good = [d for d in demos if d.strategy == "good" and d.task_type == "numerical_qa" and ":" not in d.metric]
+    assert good and any(d.reference in d.messages[-2]["content"] for d in good)
+
+
+def _masked_text(tokenizer, example: dict) -> str:
+    return tokenizer.decode([i for i, m in zip(example["input_ids"], example["assistant_masks"]) if m])
+
+
+def test_loss_mask_covers_exactly_the_generated_turns(demos, tokenizer) -> None:
+    import json
+
+    from agentrft.model.sft import encode_example
+
+    for demo in demos[:10]:
+        example = encode_example(tokenizer, demo.messages, demo.tools)
+        expected = ""
+        for message in demo.messages:
+            if message["role"] != "assistant":
+                continue
+            calls = "".join(f"<tool_call>\n{json.dumps(c['function'])}\n</tool_call>"
+                            for c in message.get("tool_calls", []))
+            expected += message["content"] + calls + "<|im_end|>"
+        # Exactly the model's own turns, end tokens included: no system, user or tool text.
+        assert _masked_text(tokenizer, example) == expected
+
+
+def test_drills_train_on_a_fresh_answer_only(demos, tokenizer) -> None:
+    from agentrft.data.facts import METRIC_LABELS
+    from agentrft.model.drills import drill_sources, make_drills
+    from agentrft.model.sft import encode_example
+
+    sources = drill_sources(demos, METRIC_LABELS)
+    assert sources
+    drills = make_drills(sources, 6, random.Random(1))
+    assert len(drills) == 6
+    for messages, tools in drills:
+        answer = messages[-1]["content"]
+        read = [m for m in messages if m.get("name") == "read"][-1]["content"]
+        assert answer in read  # the figure to copy is in what the model read
+        example = encode_example(tokenizer, messages, tools, answer_only=True)
+        assert _masked_text(tokenizer, example) == answer + "<|im_end|>"
+
+
+def test_short_warm_start_trains_on_assistant_tokens_and_saves(
+    demos, tokenizer, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from agentrft.model.sft import WarmStartSettings, build_examples, train_on_examples
+
+    settings = WarmStartSettings(epochs=1, max_steps=2, batch_size=4, drills_per_demo=0.25)
+    examples, n_drills = build_examples(tokenizer, demos[:12], settings)
+    assert n_drills == 3 and len(examples) == 15
+    trainer, loss = train_on_examples(tiny_model_dir, examples, tmp_path / "warm", settings)
+    assert trainer.state.global_step == 2 and loss is not None
+    # The trainer's dataset: labels are -100 everywhere except where our mask is 1.
+    for example, row in zip(examples, trainer.train_dataset):
+        assert row["input_ids"] == example["input_ids"]
+        assert [label != -100 for label in row["labels"]] == [bool(m) for m in example["assistant_masks"]]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "warm").num_parameters() > 0
+    assert AutoTokenizer.from_pretrained(tmp_path / "warm").encode("13.4%") == tokenizer.encode("13.4%")
+
+
+def test_generated_tool_calls_parse_after_a_few_steps(demos, tokenizer, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Overfit a handful of demonstrations, then sample: what the model writes parses as tool calls."""
+    import torch
+
+    from agentrft.model.sft import WarmStartSettings, build_examples, train_on_examples
+
+    settings = WarmStartSettings(epochs=30, batch_size=8, drills_per_demo=0.0, learning_rate=3e-3)
+    good = [d for d in demos if d.strategy == "good"][:4]
+    examples, _ = build_examples(tokenizer, good, settings)
+    trainer, _ = train_on_examples(tiny_model_dir, examples, tmp_path / "overfit", settings)
+    model = trainer.model.eval()
+    prompt = tokenizer.apply_chat_template(good[0].messages[:2], tools=good[0].tools, tokenize=False,
+                                           add_generation_prompt=True)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=48, do_sample=False)
+    generated = out[0, ids["input_ids"].shape[1]:].tolist()
+    parsed = tokenizer.parse_response(generated, prefix=prompt)
+    assert parsed["tool_calls"][0]["function"]["name"] == "search"
+
+
+def test_cache_hits_only_on_the_same_key(tmp_path: Path, tiny_model_dir: Path, synth_dir: Path) -> None:
+    from agentrft.model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
+
+    rows = synth_dir / "research_train.jsonl"
+    key = warm_start_key_parts(0, synth_dir / "corpus", rows, {"epochs": 8})
+    assert cached_warm_model(tmp_path, key) is None
+    stored = store_warm_model(tmp_path, key, tiny_model_dir)
+    assert cached_warm_model(tmp_path, key) == stored and (stored / "config.json").is_file()
+    assert cached_warm_model(tmp_path, warm_start_key_parts(1, synth_dir / "corpus", rows, {"epochs": 8})) is None
+    assert cached_warm_model(tmp_path, warm_start_key_parts(0, synth_dir / "corpus", rows, {"epochs": 9})) is None
+    assert cached_warm_model(tmp_path, {**key, "agentrft_version": "0.0.0"}) is None
+    assert cached_warm_model(tmp_path, {**key, "rows_sha256": "0" * 64}) is None
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agentrft.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, synth_dir: Path, tiny_model_dir: Path) -> None:
+    bad = _cli("model", "tiny", "--corpus", str(tmp_path / "missing"), "--out", str(tmp_path / "m"))
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "corpus directory not found" in bad.stderr
+    rows = str(synth_dir / "research_train.jsonl")
+    no_model = _cli("sft", "--model", str(tmp_path), "--rows", rows, "--tools-url", "http://127.0.0.1:9",
+                    "--out", str(tmp_path / "o"))
+    assert no_model.returncode == 1 and "no config.json" in no_model.stderr and "Traceback" not in no_model.stderr
+    down = _cli("sft", "--model", str(tiny_model_dir), "--rows", rows, "--tools-url", "http://127.0.0.1:9",
+                "--out", str(tmp_path / "o"))
+    assert down.returncode == 1 and "unreachable" in down.stderr and down.stderr.count("\n") == 1

@@ -48,17 +48,17 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, object | None, str | None
                 yield number, None, f"malformed JSON ({exc.msg} at column {exc.colno})"
 
 
-def read_models(path: str | Path, model: type[M]) -> list[M]:
-    """Read a JSONL file of ``model``; raise one UserError listing every bad line."""
+def read_numbered_models(path: str | Path, model: type[M]) -> list[tuple[int, M]]:
+    """Read a JSONL file of ``model`` with each item's 1-based line number; one UserError lists every bad line."""
     path = Path(path)
-    items: list[M] = []
+    items: list[tuple[int, M]] = []
     problems: list[str] = []
     for number, value, error in iter_json_lines(path):
         if error:
             problems.append(f"{path}:{number}: {error}")
             continue
         try:
-            items.append(model.model_validate(value))
+            items.append((number, model.model_validate(value)))
         except ValidationError as exc:
             problems.extend(f"{path}:{number}: {msg}" for msg in describe_validation_error(exc))
     if problems:
@@ -66,6 +66,11 @@ def read_models(path: str | Path, model: type[M]) -> list[M]:
         more = f"\n… and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise UserError("\n".join(shown) + more)
     return items
+
+
+def read_models(path: str | Path, model: type[M]) -> list[M]:
+    """Read a JSONL file of ``model``; raise one UserError listing every bad line."""
+    return [item for _, item in read_numbered_models(path, model)]
 
 
 def write_models(path: str | Path, items: Iterable[BaseModel], append: bool = False) -> int:

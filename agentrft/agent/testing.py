@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -100,8 +98,6 @@ def _completion(turn: str | dict[str, Any], model: str, index: int, prompt_chars
 @contextlib.contextmanager
 def running_chat_server(script: Script, model: str = "scripted", delay_s: float = 0.0) -> Iterator[tuple[str, ChatLog]]:
     """Serve ``script`` as an OpenAI-compatible chat endpoint; yields (base URL ending in /v1, log)."""
-    import uvicorn
-
     app = FastAPI()
     log = ChatLog()
 
@@ -124,24 +120,10 @@ def running_chat_server(script: Script, model: str = "scripted", delay_s: float 
         chars = sum(len(str(m.get("content") or "")) for m in body["messages"])
         return _completion(turn, body.get("model", model), len(log.requests), chars)
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="chat-server")
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("chat server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/v1", log
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    from ..tools.testing import serve_app
+
+    with serve_app(app) as url:
+        yield f"{url}/v1", log
 
 
 __all__ = ["ChatLog", "ScriptedLocalPolicy", "running_chat_server", "tool_call_text"]

@@ -15,10 +15,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
-from ..jsonl import describe_validation_error, iter_json_lines
+from ..jsonl import read_numbered_models
 from ..schema import EvalRecord, Expected, Grade, Row, Trajectory
 from .base import Grader, grade_all, grade_answer
 
@@ -51,26 +51,8 @@ class CaseResult:
         return abs(want - got) <= MATCH_EPS
 
 
-def _read_lines(path: Path, model: type[BaseModel]) -> list[tuple[int, BaseModel]]:
-    """Like ``jsonl.read_models`` but keeps each item's 1-based line number."""
-    items: list[tuple[int, BaseModel]] = []
-    problems: list[str] = []
-    for number, value, error in iter_json_lines(path):
-        if error:
-            problems.append(f"{path}:{number}: {error}")
-            continue
-        try:
-            items.append((number, model.model_validate(value)))
-        except ValidationError as exc:
-            problems.extend(f"{path}:{number}: {msg}" for msg in describe_validation_error(exc))
-    if problems:
-        more = f"\n… and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise UserError("\n".join(problems[:20]) + more)
-    return items
-
-
 def read_cases(path: str | Path) -> list[GraderCase]:
-    cases = [case for _, case in _read_lines(Path(path), GraderCase)]
+    cases = [case for _, case in read_numbered_models(Path(path), GraderCase)]
     if not cases:
         raise UserError(f"{path}: no cases")
     return cases  # type: ignore[return-value]
@@ -89,7 +71,7 @@ def regrade_traces(
     """Grade every Trajectory in ``traces_path`` again; one EvalRecord per trajectory, pointing back
     at its line (``trace_file`` relative to ``out_path``'s folder)."""
     traces_path, out_path = Path(traces_path), Path(out_path)
-    traces: list[tuple[int, Trajectory]] = _read_lines(traces_path, Trajectory)  # type: ignore[assignment]
+    traces = read_numbered_models(traces_path, Trajectory)
     by_id = {row.id: row for row in rows}
     unknown = [f"{traces_path}:{line}: row_id {t.row_id!r} is not in the rows file" for line, t in traces
                if t.row_id not in by_id]  # fmt: skip

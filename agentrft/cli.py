@@ -48,8 +48,20 @@ def _register_all() -> None:
 _register_all()
 
 
+def _quiet_libraries() -> None:
+    """Hugging Face's per-file progress bars (loading weights, writing shards, mapping a dataset)
+    would bury the commands' own output; agentrft shows its own progress where work is long."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; bad input ends in one line on stderr and a non-zero exit."""
+    _quiet_libraries()
     try:
         # Without standalone mode, a command's `raise typer.Exit(n)` comes back as the return value.
         code = app(args=argv, standalone_mode=False)

@@ -27,6 +27,12 @@ from .errors import UserError
 
 console = Console(highlight=False)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the repository's examples/
+GRADER = EXAMPLES / "graders" / "answer_and_tools.yaml"
+"""0.8 × the numeric answer + 0.2 × tool use with the evidence read. The tiny model finds the right
+filing but does not copy the figure out of it, so the answer part alone would give GRPO no signal;
+with a real model the numeric grader alone is the tutorial's choice."""
+EVIDENCE_FOUND = 0.2
+"""The prior check's success line for the tiny model: the tool-use part in full (evidence read)."""
 
 
 class StepFailed(Exception):
@@ -115,6 +121,7 @@ def write_config(demo: Demo, base_model: Path) -> None:
         output_dir=str(demo.run_dir.resolve()),
         seed=demo.seed,
         max_steps=demo.train_steps,
+        grader=str(GRADER),
     )
     demo.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
@@ -161,7 +168,8 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
         write_config(demo, base)
         agentrft("config", "check", demo.config)
     with step(demo, "Step 1 · prior check"):
-        agentrft("prior-check", demo.config, "--n", 40, "--rollouts", 5, "--out", demo.out / "prior.jsonl")
+        agentrft("prior-check", demo.config, "--n", 40, "--rollouts", 5, "--threshold", EVIDENCE_FOUND,
+                 "--out", demo.out / "prior.jsonl")
     with step(demo, "Step 6 · train"):
         agentrft("train", demo.config)
     evals = demo.run_dir / "eval"
@@ -169,7 +177,7 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
     with step(demo, "Step 7 · evaluate base vs tuned"):
         for name, model in (("base", base), ("tuned", best)):
             agentrft("eval", "--model", model, "--data", val, "--out", evals / f"{name}.jsonl",
-                     "--config", demo.config)
+                     "--config", demo.config, "--grader", GRADER)
         agentrft("compare", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val)
     with step(demo, "Step 8 · inspect and report"):
         agentrft("inspect", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val, "--top", 3)
@@ -187,7 +195,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed for the corpus, the model and training."),
         cache: Path = typer.Option(Path(os.environ.get("AGENTRFT_CACHE", ".cache/agentrft")),
                                    help="Cache of warm-started tiny models (keyed by seed and version)."),
-        train_steps: int = typer.Option(40, min=1, help="GRPO steps to run."),
+        train_steps: int = typer.Option(12, min=1, help="GRPO steps to run."),
     ) -> None:
         """Run the nine steps end to end on the embedded tiny model and write a report."""
         demo_state = Demo(out=out, seed=seed, cache=cache, train_steps=train_steps)

@@ -25,6 +25,10 @@ from ..schema import Row
 from .scripted import DEFAULT_MIXTURE, Demonstration, demonstrations_to_jsonl
 
 
+LOG_EVERY = 80
+"""Steps between two progress lines of the warm start."""
+
+
 class WarmStartSettings(BaseModel):
     """Settings of one warm start; every field is part of the cache key of the result."""
 
@@ -44,6 +48,7 @@ class WarmStartSettings(BaseModel):
     seed: int = 0
     threads: int = 2
     """torch CPU threads."""
+
 
 
 class WarmStartResult(BaseModel):
@@ -145,6 +150,21 @@ def collect_demonstrations(
     return run_sync(main())
 
 
+def _progress_line() -> Any:
+    from transformers import TrainerCallback
+
+    class ProgressLine(TrainerCallback):
+        def __init__(self) -> None:
+            self.started = time.perf_counter()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs and state.is_world_process_zero:
+                print(f"  step {state.global_step:>5}/{state.max_steps}  loss {float(logs['loss']):.3f}  "
+                      f"{time.perf_counter() - self.started:5.0f}s", flush=True)
+
+    return ProgressLine()
+
+
 def train_on_examples(
     model_dir: Path, examples: list[dict[str, list[int]]], out_dir: Path, settings: WarmStartSettings
 ) -> tuple[Any, float | None]:
@@ -152,6 +172,7 @@ def train_on_examples(
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     torch.set_num_threads(settings.threads)
@@ -166,7 +187,7 @@ def train_on_examples(
         lr_scheduler_type="cosine",
         warmup_steps=0.03,
         weight_decay=0.0,
-        logging_steps=10,
+        logging_steps=LOG_EVERY,
         save_strategy="no",
         report_to="none",
         use_cpu=True,
@@ -181,6 +202,8 @@ def train_on_examples(
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=Dataset.from_list(examples), processing_class=tokenizer
     )
+    trainer.remove_callback(PrinterCallback)  # one short line per log step instead of a dict
+    trainer.add_callback(_progress_line())
     output = trainer.train()
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(out_dir)

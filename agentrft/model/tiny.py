@@ -2,7 +2,9 @@
 
 The result is an ordinary Hugging Face checkpoint (``save_pretrained``), so every later step loads it
 with ``AutoTokenizer`` / ``AutoModelForCausalLM`` exactly as it would load Qwen2.5-7B-Instruct.
-The weights are random: the warm start (``agentrft sft``) gives the model its prior.
+The weights start random; a short synthetic pretraining (``pretrain.py``: copy a random run of
+tokens) gives the model the in-context copying every pretrained model has, and the warm start
+(``agentrft sft``) then gives it its prior for the task.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ TINY_SHAPE = {
 """Shape of the tiny model: ~1M parameters, a few ms per token on one CPU core."""
 
 
-def build_tiny_model(corpus_dir: Path, out_dir: Path, seed: int = 0) -> Path:
-    """Train a tokenizer on ``corpus_dir``, create a randomly initialised tiny Qwen2 model, save both.
+def build_tiny_model(corpus_dir: Path, out_dir: Path, seed: int = 0, pretrain_steps: int = 800) -> Path:
+    """Train a tokenizer on ``corpus_dir``, create a tiny Qwen2 model, pretrain it to copy, save both.
 
     Returns ``out_dir``, loadable by ``AutoTokenizer.from_pretrained`` and
     ``AutoModelForCausalLM.from_pretrained``.
@@ -33,6 +35,7 @@ def build_tiny_model(corpus_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     from ..tools.filings import tool_specs
+    from .pretrain import pretrain_copying
     from .tokenizer import corpus_documents, train_tokenizer
 
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
@@ -56,6 +59,7 @@ def build_tiny_model(corpus_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
+    losses = pretrain_copying(model, tokenizer, steps=pretrain_steps, seed=seed) if pretrain_steps else []
     model.generation_config = GenerationConfig(
         eos_token_id=im_end,
         pad_token_id=pad,
@@ -69,7 +73,8 @@ def build_tiny_model(corpus_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     _check_reload(tokenizer, out_dir)
-    info = {"seed": seed, "corpus": str(corpus_dir), "parameters": model.num_parameters()}
+    info = {"seed": seed, "corpus": str(corpus_dir), "parameters": model.num_parameters(),
+            "pretrain_steps": pretrain_steps, "pretrain_losses": losses}
     (out_dir / "agentrft_model.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out_dir
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import statistics
@@ -86,8 +87,16 @@ def trl_tools(url: str) -> list[Any]:
     def read(path: str) -> str:
         return post("read", {"path": path})
 
-    for fn in (search, list, read):
+    from transformers.utils import get_json_schema
+
+    from agentrft.tools.filings import tool_specs
+
+    for fn, spec in zip((search, list, read), tool_specs()):
+        # Without a return annotation, get_json_schema gives exactly the spec the server publishes and the
+        # model was trained on (a "return" entry would change the rendered system prompt).
         fn.__doc__ = getattr(FilingsTools, fn.__name__).__doc__
+        fn.__annotations__.pop("return", None)
+        assert get_json_schema(fn) == spec, (get_json_schema(fn), spec)
     return [search, list, read]
 
 
@@ -174,11 +183,17 @@ def run_trl(trainer: Any, rows: list, system_prompt: str, samples: int) -> dict[
         for row in rows
         for _ in range(samples)
     ]
-    before = sum(trainer._metrics["train"]["tools/call_frequency"])
+    # TRL builds the per-rollout tool tables in its batch preparation, which _generate skips.
+    tools = getattr(trainer, "_standalone_tools", None) or trainer.tools
+    sync = {t.__name__: t for t in tools if not inspect.iscoroutinefunction(t)}
+    asynchronous = {t.__name__: t for t in tools if inspect.iscoroutinefunction(t)}
+    trainer._sync_tool_dicts = [sync] * len(prompts)
+    trainer._async_tool_dicts = [asynchronous] * len(prompts)
+    mode = "train" if trainer.model.training else "eval"  # where TRL logs this generation's metrics
     start = time.perf_counter()
     _, completion_ids, tool_mask, *_ = trainer._generate(prompts)
     wall = time.perf_counter() - start
-    frequency = trainer._metrics["train"]["tools/call_frequency"][-1] if trainer._metrics["train"]["tools/call_frequency"] else before
+    frequency = trainer._metrics[mode]["tools/call_frequency"][-1]
     return {
         "wall": wall,
         "trajectories": len(completion_ids),

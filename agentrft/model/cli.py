@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -46,15 +45,6 @@ def tiny_command(
     console.print(f"Saved to {path} in {time.perf_counter() - start:.1f}s")
 
 
-def _token(token_file: Path | None) -> str | None:
-    if token_file is not None:
-        try:
-            return token_file.read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise UserError(f"{token_file}: cannot read the token file ({exc.strerror})") from None
-    return os.environ.get("TOOL_BEARER", "").strip() or None
-
-
 def sft_command(
     model: Path = typer.Option(..., "--model", help="Model directory to warm-start (e.g. from 'agentrft model tiny')."),
     rows: Path = typer.Option(..., "--rows", help="Training rows (JSONL) the demonstrations are made on."),
@@ -68,6 +58,8 @@ def sft_command(
     """Warm start ("fix the prior first"): SFT on scripted demonstrations of mixed quality."""
     from ..jsonl import read_models
     from ..schema import Row
+    from ..tools.cli import resolve_token
+    from ..tools.client import ToolServerUnavailable
     from .sft import WarmStartSettings, warm_start
 
     if not (model / "config.json").is_file():
@@ -75,11 +67,13 @@ def sft_command(
     row_list = read_models(rows, Row)
     if not row_list:
         raise UserError(f"{rows}: no rows to demonstrate on")
-    token = _token(token_file)
-    _check_server(tools_url, token)
+    token = resolve_token(token_file, no_auth=True)
     settings = WarmStartSettings(epochs=epochs, learning_rate=learning_rate, seed=seed)
     console.print(f"Demonstrating on {len(row_list)} rows against {tools_url}, then {epochs} epochs of SFT ...")
-    result = warm_start(model, row_list, tools_url, out, token=token, settings=settings)
+    try:
+        result = warm_start(model, row_list, tools_url, out, token=token, settings=settings)
+    except ToolServerUnavailable as exc:
+        raise UserError(f"{exc}; is 'agentrft tools serve' running at {tools_url}?") from None
     shares = ", ".join(
         f"{name} {n} ({result.demonstrations_correct.get(name, 0)} correct)"
         for name, n in sorted(result.strategy_counts.items())
@@ -88,22 +82,6 @@ def sft_command(
     console.print(f"Trained on {result.examples} examples ({result.drills} reading drills) in {result.steps} steps, "
                   f"{result.train_seconds:.0f}s; final loss {result.final_loss:.3f}")
     console.print(f"Saved the warm-started model to {out}")
-
-
-def _check_server(url: str, token: str | None) -> None:
-    """Fail in one line when the tool server is down or refuses the token, before any work starts."""
-    import httpx
-
-    try:
-        reply = httpx.get(url.rstrip("/") + "/tools", headers={"Authorization": f"Bearer {token}"} if token else {},
-                          timeout=10)
-    except httpx.HTTPError as exc:
-        raise UserError(f"--tools-url {url}: tool server unreachable ({type(exc).__name__}); start it with "
-                        "'agentrft tools serve'") from None
-    if reply.status_code in (401, 403):
-        raise UserError(f"--tools-url {url}: the server refused the token (set TOOL_BEARER or pass --token-file)")
-    if reply.status_code != 200:
-        raise UserError(f"--tools-url {url}: GET /tools answered {reply.status_code}")
 
 
 def register(app: typer.Typer) -> None:

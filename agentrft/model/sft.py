@@ -138,13 +138,18 @@ def build_examples(
 def collect_demonstrations(
     rows: list[Row], tools_url: str, token: str | None, settings: WarmStartSettings
 ) -> list[Demonstration]:
-    """Run the scripted policy on ``rows`` against the tool server at ``tools_url``."""
+    """Run the scripted policy on ``rows`` against the tool server at ``tools_url``.
+
+    Asks the server for its tools first, so a server that is down or refuses the token raises
+    ``ToolServerUnavailable`` before any demonstration is made (a refused call would otherwise come
+    back as an ``Error:`` output and end up in the demonstrations)."""
     from ..agent.loop import run_sync
     from ..tools.client import ToolClient
     from .scripted import http_tool_caller, make_demonstrations
 
     async def main() -> list[Demonstration]:
         async with ToolClient(tools_url, token=token) as client:
+            await client.specs()
             return await make_demonstrations(rows, http_tool_caller(client), settings.mixture, settings.seed)
 
     return run_sync(main())

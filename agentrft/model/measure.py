@@ -56,34 +56,29 @@ def measure(
     import time
 
     from ..agent.loop import rollout
-    from ..graders import default_grader
+    from ..graders import default_grader, grade_all
+    from ..prior import summarise
 
     start = time.perf_counter()
-    settings = rollout_settings(temperature, seed)
-    trajectories = rollout(rows, policy, tools_url, token, settings, samples_per_row=samples_per_row)
-    grader = default_grader()
+    trajectories = rollout(rows, policy, tools_url, token, rollout_settings(temperature, seed),
+                           samples_per_row=samples_per_row)
     by_id = {row.id: row for row in rows}
-    wins: dict[str, list[int]] = {row.id: [] for row in rows}
+    traj_rows = [by_id[t.row_id] for t in trajectories]
+    grades = grade_all(default_grader(), traj_rows, trajectories)
+    summary = summarise(rows, trajectories, grades)  # the prior check's buckets, success = full reward
     strategies: Counter[str] = Counter()
     task_wins: dict[str, list[int]] = {}
-    for traj in trajectories:
-        row = by_id[traj.row_id]
-        grade = grader.grade(row, traj)
-        win = int((grade.reward or 0.0) >= 0.999)
-        wins[row.id].append(win)
-        task_wins.setdefault(row.metadata.task_type, []).append(win)
+    for row, traj, grade in zip(traj_rows, trajectories, grades):
+        task_wins.setdefault(row.metadata.task_type, []).append(int((grade.reward or 0.0) >= 1.0))
         answered = traj.stop_reason == "answer" and bool(traj.output_text.strip())
         strategies[classify_strategy(trajectory_calls(traj), row, answered)] += 1
-    buckets = Counter(
-        "always" if all(w) else "sometimes" if any(w) else "never" for w in wins.values() if w
-    )
     total = max(len(trajectories), 1)
     return Measurement(
         rows=len(rows),
         samples_per_row=samples_per_row,
         temperature=temperature,
-        success=round(sum(sum(w) for w in wins.values()) / total, 3),
-        buckets={k: buckets.get(k, 0) for k in ("never", "sometimes", "always")},
+        success=round(sum(r.successes for r in summary.results) / total, 3),
+        buckets={k: summary.counts.get(k, 0) for k in ("never", "sometimes", "always")},
         strategies={k: round(v / total, 3) for k, v in sorted(strategies.items())},
         success_by_task={k: round(sum(v) / len(v), 3) for k, v in sorted(task_wins.items())},
         seconds=round(time.perf_counter() - start, 1),

@@ -192,6 +192,53 @@ def test_greedy_is_deterministic_and_left_padding_is_harmless(tiny_model_dir, to
     assert alone.logprobs[0] == pytest.approx(batched.logprobs[0], abs=1e-4)
 
 
+def _two_turns(policy, rows, extra_lengths, settings):
+    """Three episodes of different lengths: a turn, then different amounts of appended context, a turn."""
+    from agentrft.agent import render
+    from agentrft.agent.loop import default_system_prompt, new_episode
+
+    episodes = [new_episode(row, 0, default_system_prompt(), []) for row in rows]
+    first = policy.generate_sync(episodes, settings)
+    filler = policy.tokenizer.encode("Revenue: $476M\nGross margin: 51.3%\n" * 8)
+    for episode, n in zip(episodes, extra_lengths, strict=True):
+        render.append_context(episode, filler[:n])
+    second = policy.generate_sync(episodes, settings)
+    return episodes, first, second
+
+
+def test_kept_kv_cache_gives_what_recomputing_the_conversation_gives(model_and_tokenizer, rows):
+    """A turn that reuses the keys/values of earlier turns matches running the whole conversation
+    again, with rows of different lengths in one batch (pads before and between the segments)."""
+    import torch
+
+    from agentrft.agent.policy import LocalPolicy
+
+    model, tokenizer = model_and_tokenizer
+    for settings in (RolloutSettings(temperature=0, max_new_tokens=6),
+                     RolloutSettings(temperature=1.0, seed=3, max_new_tokens=6)):
+        reuse = LocalPolicy(model, tokenizer, reuse_cache=True)
+        fresh = LocalPolicy(model, tokenizer, reuse_cache=False)
+        kept, *_ = _two_turns(reuse, rows[:3], [5, 40, 17], settings)
+        again, *_ = _two_turns(fresh, rows[:3], [5, 40, 17], settings)
+        assert all(e.policy_state is not None for e in kept)
+        assert all(e.policy_state is None for e in again)
+        for a, b in zip(kept, again, strict=True):
+            assert a.token_ids == b.token_ids
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+            assert a.policy_state.length == len(a.token_ids) - 1  # all but the last sampled token was fed
+    # The first turn agrees with transformers' own greedy generate on the same prompt.
+    policy = LocalPolicy(model, tokenizer)
+    episodes, *_ = _two_turns(policy, rows[1:2], [3], RolloutSettings(temperature=0, max_new_tokens=6))
+    episode = episodes[0]
+    prompt = episode.token_ids[: episode.prompt_length]
+    with torch.no_grad():
+        reference = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                                   eos_token_id=policy.stop_ids, pad_token_id=policy.pad_id)[0, len(prompt):]
+    ours = episode.token_ids[episode.prompt_length:][: len(reference)]
+    cut = next((i + 1 for i, t in enumerate(reference.tolist()) if t in policy.stop_ids), len(reference))
+    assert ours[:cut] == reference.tolist()[:cut]
+
+
 def test_a_peft_model_in_training_mode_can_roll_out(model_and_tokenizer, tool_server, rows):
     """Training hands the policy the LoRA-wrapped model it is updating; it comes back in training mode."""
     import copy

@@ -57,6 +57,8 @@ class Episode:
     prompt_length: int | None = None
     rendered: int = 0
     """How many of ``messages`` the token ids already cover (a local policy's bookmark)."""
+    policy_state: Any = None
+    """A policy's own per-rollout state (a local model's KV cache); dropped when the rollout ends."""
     stop_reason: StopReason | None = None
     started: float = 0.0
     elapsed_s: float = 0.0

@@ -1,9 +1,12 @@
-"""A transformers causal LM as the policy: one batched ``generate`` per turn, KV cache, left padding.
+"""A transformers causal LM as the policy: batched decoding per turn, with each rollout's KV cache kept across turns.
 
-Batched generation per turn (rather than a token-by-token loop or one rollout at a time) is where the
-speed comes from on CPU as on GPU. Sampling follows ``RolloutSettings`` exactly: temperature, top_p,
-top_k (passed explicitly, since transformers otherwise applies top_k=50 and whatever the model's
-generation config carries, e.g. Qwen's repetition penalty), greedy at temperature 0.
+Two things make local rollouts fast, on CPU as on GPU. Every unfinished rollout generates in one
+batch per turn (rather than one rollout at a time). And a rollout's keys and values are kept between
+its turns, so a turn runs only the tokens that arrived since the last one (the tool results) through
+the model instead of the whole conversation again, which is what re-calling ``generate`` on the full
+text does; measured in ``bench/rollout.py``. Sampling follows ``RolloutSettings`` exactly: temperature,
+top_p, top_k (nothing from the model's generation config, such as a repetition penalty, is applied),
+greedy at temperature 0.
 
 The recorded log-probs are those of the distribution actually sampled from (after temperature, top-k
 and top-p), which is what TRL's importance-sampling correction compares against.
@@ -12,11 +15,11 @@ and top-p), which is what TRL's importance-sampling correction compares against.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor
 
 from ..errors import UserError
 from . import render
@@ -25,30 +28,33 @@ from .parse import ensure_response_parser, parse_reply
 from .settings import RolloutSettings
 
 
-class _SampledLogprobs(LogitsProcessor):
-    """Records the log-prob of each sampled token without keeping a vocabulary-sized tensor per step.
+@dataclass
+class _KVState:
+    """A rollout's keys and values from earlier turns: ``layers[l] = (keys, values)``, each shaped
+    ``[kv_heads, length, head_dim]``, covering ``token_ids[:length]``."""
 
-    Runs last among the processors, so it sees the scores sampling uses; the token chosen at step t is
-    only known at step t+1 (as the last input id), hence the one-step lag and ``finish``.
-    """
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    length: int
 
-    def __init__(self) -> None:
-        self.previous: torch.Tensor | None = None
-        self.values: list[torch.Tensor] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self._take(input_ids[:, -1])
-        self.previous = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-    def _take(self, tokens: torch.Tensor) -> None:
-        if self.previous is not None:
-            self.values.append(self.previous.gather(1, tokens[:, None]).squeeze(1))
-            self.previous = None
-
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
-        self._take(sequences[:, -1])
-        return torch.stack(self.values, dim=1) if self.values else sequences.new_zeros((len(sequences), 0)).float()
+def _choose(logits: torch.Tensor, settings: RolloutSettings, generator: torch.Generator | None):
+    """Next token per row and its log-prob under the distribution sampled from (greedy at temperature 0)."""
+    logits = logits.float()
+    if settings.temperature == 0:
+        tokens = logits.argmax(dim=-1)
+        return tokens, torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    scores = logits / settings.temperature
+    if settings.top_k and settings.top_k > 0 and settings.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, settings.top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if settings.top_p < 1.0:
+        ordered, order = torch.sort(scores, dim=-1, descending=True)
+        before = torch.softmax(ordered, dim=-1).cumsum(dim=-1) - torch.softmax(ordered, dim=-1)
+        drop = before >= settings.top_p  # keep the smallest prefix whose mass reaches top_p
+        scores = scores.scatter(1, order, ordered.masked_fill(drop, float("-inf")))
+    logp = torch.log_softmax(scores, dim=-1)
+    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+    return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
 
 
 class LocalPolicy:
@@ -59,19 +65,22 @@ class LocalPolicy:
         >>> trajectories = rollout(rows, policy, "http://127.0.0.1:8000", token, RolloutSettings(seed=0))
 
     Training passes the model it is updating; the policy switches it to eval mode for generation and
-    back afterwards.
+    back afterwards. ``reuse_cache=False`` recomputes the whole conversation every turn (less memory
+    held between turns: a 7B model keeps ~57 KB per token per rollout in bf16).
     """
 
     tracks_tokens = True
 
     def __init__(
-        self, model: Any, tokenizer: Any, device: str | None = None, batch_size: int = 32, name: str | None = None
+        self, model: Any, tokenizer: Any, device: str | None = None, batch_size: int = 32, name: str | None = None,
+        reuse_cache: bool = True,
     ) -> None:
         if device is not None:
             model.to(device)
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.reuse_cache = reuse_cache
         ensure_response_parser(tokenizer)
         config = getattr(model, "config", None)
         self.name = name or getattr(config, "_name_or_path", "") or "local"
@@ -133,10 +142,9 @@ class LocalPolicy:
             seed = None
             if settings.seed is not None:
                 seed = settings.seed * 1_000_003 + max(e.replies for e in batch) * 7919 + start
-            outputs = self._sample(batch, max(n for _, n in chunk), settings, seed)
-            for (index, limit), (ids, logprobs) in zip(chunk, outputs, strict=True):
+            outputs = self._sample(batch, [n for _, n in chunk], settings, seed)
+            for (index, _), (ids, logprobs) in zip(chunk, outputs, strict=True):
                 episode = episodes[index]
-                ids, logprobs = ids[:limit], logprobs[:limit]
                 finished = bool(ids) and ids[-1] in self.stop_ids
                 prefix = list(episode.token_ids or [])
                 render.append_generated(episode, ids, logprobs)
@@ -144,50 +152,93 @@ class LocalPolicy:
         return [reply for reply in replies if reply is not None]
 
     def _sample(
-        self, batch: list[Episode], max_new_tokens: int, settings: RolloutSettings, seed: int | None
+        self, batch: list[Episode], limits: list[int], settings: RolloutSettings, seed: int | None
     ) -> list[tuple[list[int], list[float]]]:
-        """Batched generation with left padding; returns each episode's new ids (through its stop token)."""
+        """Generate one turn for each episode of ``batch`` (at most ``limits[i]`` tokens, through its stop token).
+
+        Only the tokens an episode gained since its last turn (tool results, template, the last token
+        it generated) are run through the model; the keys and values of everything before come from
+        the episode's ``_KVState``. Layout of row ``i``: ``[pad | cached_i | pad | new_i | generated]``;
+        the attention mask hides the pads and ``position_ids`` count real tokens only.
+        """
+        from transformers import DynamicCache
+
         device = self.device
-        contexts = [episode.token_ids or [] for episode in batch]
-        width = max(len(c) for c in contexts)
-        input_ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(contexts), width), dtype=torch.long)
-        for row, context in enumerate(contexts):
-            input_ids[row, width - len(context) :] = torch.tensor(context, dtype=torch.long)
-            attention[row, width - len(context) :] = 1
-        greedy = settings.temperature == 0
-        recorder = _SampledLogprobs()
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            temperature=1.0 if greedy else settings.temperature,
-            top_k=0 if greedy else settings.top_k,
-            top_p=1.0 if greedy else settings.top_p,
-            repetition_penalty=1.0,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
-            use_cache=True,
-            logits_processor=[recorder],
-        )
-        devices = [device] if device.type == "cuda" else []
+        rows = len(batch)
+        states = [e.policy_state if isinstance(e.policy_state, _KVState) else None for e in batch]
+        cached = [s.length if s is not None else 0 for s in states]
+        news = [list(e.token_ids or [])[c:] for e, c in zip(batch, cached, strict=True)]
+        width_cached, width_new = max(cached), max(len(n) for n in news)
+        steps = max(limits)
+        total = width_cached + width_new + steps
+        mask = torch.zeros((rows, total), dtype=torch.long)
+        input_ids = torch.full((rows, width_new), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((rows, width_new), dtype=torch.long)
+        for i, (c, new) in enumerate(zip(cached, news, strict=True)):
+            mask[i, width_cached - c : width_cached] = 1
+            mask[i, width_cached + width_new - len(new) : width_cached + width_new] = 1
+            input_ids[i, width_new - len(new) :] = torch.tensor(new, dtype=torch.long)
+            positions[i, width_new - len(new) :] = torch.arange(c, c + len(new))
+        cache = DynamicCache(config=self.model.config)
+        if width_cached:
+            reference = next(s for s in states if s is not None).layers
+            for layer, (keys, values) in enumerate(reference):
+                shape = (rows, keys.shape[0], width_cached, keys.shape[-1])
+                k_all, v_all = keys.new_zeros(shape), values.new_zeros(shape)
+                for i, state in enumerate(states):
+                    if state is not None:
+                        k_all[i, :, width_cached - state.length :] = state.layers[layer][0]
+                        v_all[i, :, width_cached - state.length :] = state.layers[layer][1]
+                cache.update(k_all.to(device), v_all.to(device), layer)
+        generator = None
+        if seed is not None and settings.temperature != 0:
+            generator = torch.Generator(device=device).manual_seed(seed)
+        mask, positions = mask.to(device), positions.to(device)
+        next_pos = positions[:, -1] + 1
+        generated: list[list[int]] = [[] for _ in range(rows)]
+        logprobs: list[list[float]] = [[] for _ in range(rows)]
+        done = [False] * rows
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
-                if seed is not None:
-                    torch.manual_seed(seed)
-                sequences = self.model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
-                )
+            with torch.no_grad():
+                feed, seen = input_ids.to(device), width_cached + width_new
+                for step in range(steps):
+                    out = self.model(input_ids=feed, attention_mask=mask[:, :seen], position_ids=positions,
+                                     cache=cache, use_cache=True, logits_to_keep=1)  # cache grows in place
+                    tokens, lps = _choose(out.logits[:, -1, :], settings, generator)
+                    for i, (tok, lp) in enumerate(zip(tokens.tolist(), lps.tolist(), strict=True)):
+                        if not done[i]:
+                            generated[i].append(tok)
+                            logprobs[i].append(float(lp))
+                            done[i] = tok in self.stop_ids or len(generated[i]) >= limits[i]
+                    if all(done) or step == steps - 1:
+                        break
+                    feed, positions = tokens[:, None], (next_pos + step)[:, None]
+                    mask[:, seen] = 1
+                    seen += 1
         finally:
             self.model.train(was_training)
-        logprobs = recorder.finish(sequences).cpu().tolist()
-        generated = sequences[:, width:].cpu().tolist()
-        results = []
-        for ids, lps in zip(generated, logprobs, strict=True):
-            cut = next((i + 1 for i, tok in enumerate(ids) if tok in self.stop_ids), len(ids))
-            results.append((ids[:cut], [float(v) for v in lps[:cut]]))
-        return results
+        if self.reuse_cache:
+            self._keep_states(batch, cache, cached, news, generated, width_cached, width_new)
+        return list(zip(generated, logprobs, strict=True))
+
+    def _keep_states(self, batch: list[Episode], cache: Any, cached: list[int], news: list[list[int]],
+                     generated: list[list[int]], width_cached: int, width_new: int) -> None:
+        """Store, per episode, the keys and values of the tokens it has fed so far (pads left out)."""
+        layers = getattr(cache, "layers", None)
+        if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            return  # sliding-window or other special caches: recompute each turn instead
+        for i, episode in enumerate(batch):
+            keep = torch.cat([
+                torch.arange(width_cached - cached[i], width_cached),
+                torch.arange(width_cached + width_new - len(news[i]), width_cached + width_new),
+                torch.arange(width_cached + width_new, width_cached + width_new + len(generated[i]) - 1),
+            ]).to(layers[0].keys.device)
+            episode.policy_state = _KVState(
+                [(layer.keys[i].index_select(1, keep), layer.values[i].index_select(1, keep)) for layer in layers],
+                cached[i] + len(news[i]) + len(generated[i]) - 1,
+            )
 
 
 __all__ = ["LocalPolicy"]

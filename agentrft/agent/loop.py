@@ -77,6 +77,7 @@ async def run_rollouts(
         finished = [e for e in active if e.done]
         for episode in finished:
             episode.elapsed_s = now - episode.started
+            episode.policy_state = None
         if progress is not None and finished:
             progress(len(finished))
         active = [e for e in active if not e.done]

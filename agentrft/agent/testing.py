@@ -41,12 +41,12 @@ class ScriptedLocalPolicy(LocalPolicy):
         self.script = script
 
     def _sample(
-        self, batch: list[Episode], max_new_tokens: int, settings: RolloutSettings, seed: int | None
+        self, batch: list[Episode], limits: list[int], settings: RolloutSettings, seed: int | None
     ) -> list[tuple[list[int], list[float]]]:
         import torch
 
         results = []
-        for episode in batch:
+        for episode, max_new_tokens in zip(batch, limits, strict=True):
             text = self.script(episode.messages)
             if not isinstance(text, str):
                 raise TypeError("a local script returns the text to emit")

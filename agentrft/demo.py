@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -171,6 +172,9 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
         agentrft("prior-check", demo.config, "--n", 40, "--rollouts", 5, "--threshold", EVIDENCE_FOUND,
                  "--out", demo.out / "prior.jsonl")
     with step(demo, "Step 6 · train"):
+        if demo.run_dir.exists():  # the demo's own run from an earlier `make demo`: start afresh
+            console.print(f"removing the previous demo run in {demo.run_dir}")
+            shutil.rmtree(demo.run_dir)
         agentrft("train", demo.config)
     evals = demo.run_dir / "eval"
     best = demo.run_dir / "checkpoints" / "best"

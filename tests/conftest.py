@@ -44,8 +44,8 @@ def tool_server(corpus_dir: Path):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A freshly built (untrained) tiny Qwen2 model with its locally trained tokenizer."""
+    """A freshly built tiny Qwen2 model with its locally trained tokenizer (a few pretraining steps only)."""
     from agentrft.model.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-model")
-    return build_tiny_model(corpus_dir, out, seed=0)
+    return build_tiny_model(corpus_dir, out, seed=0, induction_steps=20, lookup_steps=10)

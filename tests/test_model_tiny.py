@@ -66,8 +66,16 @@ def test_round_trip_is_exact(tokenizer, text: str) -> None:
 
 def test_digits_come_in_chunks_of_three_and_labels_are_single_tokens(tokenizer) -> None:
     assert tokenizer.tokenize("1234567") == ["123", "456", "7"]
-    assert tokenizer.tokenize("Operating margin: 13.4%")[:1] == ["Operating margin"]
     assert " operating margin" in tokenizer.tokenize("Q3 operating margin?")
+    assert "Operating margin" in tokenizer.tokenize("The Operating margin rose")
+
+
+def test_a_highlight_figure_directly_follows_its_label_token(tokenizer) -> None:
+    """The look-up is one induction step: label-line token, then the figure in one token (+ unit)."""
+    assert tokenizer.tokenize("Operating margin: 13.4%")[:2] == ["Operating margin: ", "13.4"]
+    assert tokenizer.tokenize("Net income: $107M")[:3] == ["Net income: $", "107", "M"]
+    assert tokenizer.tokenize("Revenue: $1.43B")[:3] == ["Revenue: $", "1.43", "B"]
+    assert tokenizer.tokenize("$1,430M") == ["$", "1", ",", "430", "M"]
 
 
 def test_piecewise_encoding_equals_whole_conversation(tokenizer) -> None:

@@ -49,11 +49,13 @@ def warm_start_key_parts(
     """The key parts of a warm-started tiny model: what, if changed, must invalidate it."""
     from .. import __version__
     from .prompts import MAX_NEW_TOKENS, READ_BUDGET_CHARS, SEARCH_TOP_K, SYSTEM_PROMPT
+    from .tiny import RECIPE
 
     return {
         "kind": "tiny-warm-start",
         "seed": seed,
         "agentrft_version": __version__,
+        "tiny_recipe": RECIPE,
         "corpus_sha256": hash_paths(Path(corpus_dir)),
         "rows_sha256": hash_paths(Path(rows_path)),
         "sft_settings": settings,

@@ -23,7 +23,8 @@ def tiny_command(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus directory the tokenizer is trained on."),
     out: Path = typer.Option(..., "--out", help="Where the model and tokenizer are saved."),
     seed: int = typer.Option(0, help="Seed of the random initialisation."),
-    pretrain_steps: int = typer.Option(800, min=0, help="Steps of copy pretraining (0: keep the weights random)."),
+    induction_steps: int = typer.Option(600, min=0, help="Steps of induction pretraining (0 with --lookup-steps 0: keep the weights random)."),
+    lookup_steps: int = typer.Option(300, min=0, help="Steps of look-up pretraining on synthetic highlight tables."),
 ) -> None:
     """Build the tiny model: corpus-trained tokenizer, Qwen2.5 chat template, ~1M-parameter Qwen2."""
     import time
@@ -31,7 +32,9 @@ def tiny_command(
     from .tiny import build_tiny_model
 
     start = time.perf_counter()
-    path = build_tiny_model(corpus, out, seed=seed, pretrain_steps=pretrain_steps)
+    console.print(f"Pretraining: {induction_steps} induction + {lookup_steps} look-up steps (a few minutes on 2 cores)")
+    path = build_tiny_model(corpus, out, seed=seed, induction_steps=induction_steps, lookup_steps=lookup_steps,
+                            log=lambda line: console.print(line, highlight=False))
     from transformers import AutoConfig, AutoTokenizer
 
     config, tokenizer = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -39,9 +42,9 @@ def tiny_command(
 
     info = json.loads((path / "agentrft_model.json").read_text())
     console.print(f"Built {config.model_type} model with {info['parameters']:,} parameters, vocabulary {len(tokenizer):,}")
-    if info["pretrain_losses"]:
-        losses = info["pretrain_losses"]
-        console.print(f"Copy pretraining: {pretrain_steps} steps, loss {losses[0]:.2f} → {losses[-1]:.2f}")
+    for stage, losses in info["pretrain_losses"].items():
+        if losses:
+            console.print(f"{stage.capitalize()} pretraining: loss {losses[0]:.2f} → {losses[-1]:.2f}")
     console.print(f"Saved to {path} in {time.perf_counter() - start:.1f}s")
 
 

@@ -1,54 +1,175 @@
-"""A short synthetic pretraining that gives the tiny model some in-context copying.
+"""A short synthetic pretraining that gives the tiny model in-context look-up.
 
-A pretrained model arrives able to copy from its context: a name from the question into a search
-query, a path from a search hit into a ``read``. A randomly initialised 1M-parameter model does not,
-and the warm start alone does not teach it: on the demonstrations the loss falls quickly to what
-memorising the most frequent company gives and stays there. Measured on 40 val rows × 5 samples at
-temperature 0.7 after the same warm start: without this step the model read the row's evidence
-filing in 0.5% of rollouts (it searched for the same company whatever the question); with it, 29%.
+A pretrained model arrives able to find things in its context: a path from a search hit to copy into
+a ``read``, the line of a filing that holds the asked figure. A randomly initialised 1M-parameter model
+does not, and the warm start alone does not teach it. Measured on two cores: trained only on the
+task (the warm start's demonstrations and reading drills, or synthetic look-up tables), the loss sits
+at the plateau of "right format, random figure" for thousands of steps and the model copies the asked
+figure in 0 of 100 fresh drills. The circuit it lacks is an induction head: one attention head that
+marks each position with the token before it, and a later head that, from the current token, attends
+to the position after that token's previous occurrence and copies what it finds.
 
-The sequences are a random run of tokens, a separator, and the same run again, with the loss on the
-repeat (~40 s on two cores; the loss falls from 7.8 to ~0.1 by step 800). The tokens are random, so
-nothing about the corpus is learnt.
+Two stages, both on synthetic data (nothing about the corpus's figures is learnt):
 
-What it does not give: figure look-up (find the asked metric's line in a filing and copy its
-figure). Runs of random length that force content-based induction did not train at all in 1,200
-steps, and neither did look-up sequences in 3,000; that needs far more compute than a demo has.
+1. **Induction** — random token sequences with repeated segments. Next to the language-model loss on
+   the repeated tokens, an auxiliary loss supervises two heads' attention directly: layer 0 head 0 to
+   the previous token, layer 1 head 0 to the induction target. Without that supervision the same
+   sequences stayed on the plateau (the heads must both form before either pays off); with it the
+   attention patterns form in ~200 steps and copying follows.
+2. **Look-up** — a tool response listing some of the corpus's highlight lines (``Net income: $107M``)
+   in random order with random figures, then questions naming one metric each and the figure as
+   answer. Induction batches continue alongside, so the heads are kept. Measured with the same
+   recipe: 0% → ~70% exact answers on six-line tables within 250 steps.
+
+The tokenizer makes this a one-token look-up: ``Net income: $`` is one token and a decimal like
+``27.5`` another, so the figure follows the label token directly.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from typing import Any
 
-RUN_LENGTH = 12
-"""Tokens in each random run."""
+INDUCTION_LENGTH = 96
+"""Tokens in each induction sequence."""
+BATCH = 32
+AUX_WEIGHT = 1.0
+"""Weight of the attention-supervision loss next to the language-model loss."""
+QUESTIONS_PER_TABLE = 3
+"""Questions asked about each synthetic look-up table (more answers per sequence, same context)."""
 
 
-def pretrain_copying(model: Any, tokenizer: Any, steps: int = 800, seed: int = 0, batch: int = 16,
-                     learning_rate: float = 1e-3) -> list[float]:
-    """Train ``model`` in place on copy sequences; returns the loss every 100 steps and at the end."""
+def _figure(label: str, rng: random.Random) -> str:
+    """A random figure in the corpus's format for ``label``: ``13.4%`` for margins, ``$842M`` or ``$1.43B``."""
+    from .drills import random_figure
+
+    like = "0.0%" if "margin" in label.lower() else ("$1.00B" if rng.random() < 0.15 else "$1M")
+    return random_figure(like, rng)
+
+
+def _induction_batch(first_id: int, vocab: int, gen: Any, rng: random.Random, batch: int) -> tuple[Any, Any, Any]:
+    """Random ids with planted repeats; LM labels on repeated tokens; the induction head's target positions."""
+    import torch
+
+    ids = torch.randint(first_id, vocab, (batch, INDUCTION_LENGTH), generator=gen)
+    length = INDUCTION_LENGTH
+    for b in range(batch):
+        for _ in range(2):
+            n = rng.randint(6, 16)
+            src = rng.randint(0, length // 2 - n)
+            dst = rng.randint(src + n + 1, length - n)
+            ids[b, dst : dst + n] = ids[b, src : src + n]
+    labels = torch.full((batch, length), -100)
+    target = torch.full((batch, length), -1)
+    for b, row in enumerate(ids.tolist()):
+        last: dict[int, int] = {}
+        for i, token in enumerate(row):
+            if token in last and i + 1 < length:
+                target[b, i] = last[token] + 1  # attend to what followed the token's previous occurrence
+                labels[b, i + 1] = row[last[token] + 1]  # ... and predict it (HF shifts labels)
+            last[token] = i
+    return ids, labels, target
+
+
+def _attention_nll(attention: Any, target: Any) -> Any:
+    """Mean -log of one head's attention on the target position, where a target exists."""
+    rows, queries = (target >= 0).nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return attention.sum() * 0
+    return -(attention[rows, queries, target[rows, queries]] + 1e-6).log().mean()
+
+
+def _induction_loss(model: Any, batch: tuple[Any, Any, Any]) -> tuple[Any, Any]:
+    """LM loss on the repeats plus the supervision of the previous-token and induction heads."""
+    import torch
+
+    ids, labels, target = batch
+    out = model(input_ids=ids, labels=labels, output_attentions=True)
+    previous = (torch.arange(ids.shape[1]) - 1).expand_as(ids)
+    aux = _attention_nll(out.attentions[0][:, 0], previous) + _attention_nll(out.attentions[1][:, 0], target)
+    return out.loss + AUX_WEIGHT * aux, out
+
+
+def _lookup_example(tokenizer: Any, labels: list[str], rng: random.Random) -> tuple[list[int], list[int]]:
+    """A synthetic tool response with k highlight lines and questions about them; ids and loss mask."""
+    shown = rng.sample(labels, rng.randint(1, len(labels)))
+    values = {label: _figure(label, rng) for label in shown}
+    body = "".join(f"{label}: {values[label]}\n" for label in shown)
+    ids = tokenizer.encode(f"<|im_start|>user\n<tool_response>\nFiling\n\n{body}\n</tool_response><|im_end|>\n")
+    mask = [0] * len(ids)
+    for _ in range(QUESTIONS_PER_TABLE):
+        asked = rng.choice(shown)
+        question = tokenizer.encode(
+            f"<|im_start|>user\nWhat was the {asked.lower()} in Q{rng.randint(1, 4)}?<|im_end|>\n<|im_start|>assistant\n"
+        )
+        answer = tokenizer.encode(values[asked]) + [tokenizer.eos_token_id]
+        newline = tokenizer.encode("\n")
+        ids += question + answer + newline
+        mask += [0] * len(question) + [1] * len(answer) + [0] * len(newline)
+    return ids, mask
+
+
+def _lookup_batch(tokenizer: Any, labels: list[str], rng: random.Random, batch: int) -> dict[str, Any]:
+    import torch
+
+    examples = [_lookup_example(tokenizer, labels, rng) for _ in range(batch)]
+    width = max(len(ids) for ids, _ in examples)
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in examples]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples]),
+        "labels": torch.tensor(
+            [[t if m else -100 for t, m in zip(ids, mask)] + [-100] * (width - len(ids)) for ids, mask in examples]
+        ),
+    }
+
+
+def pretrain_lookup(
+    model: Any,
+    tokenizer: Any,
+    labels: list[str],
+    induction_steps: int = 600,
+    lookup_steps: int = 300,
+    seed: int = 0,
+    learning_rate: float = 1e-3,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Train ``model`` in place: induction, then look-up; returns the losses every 100 steps of each stage."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
     first = len(tokenizer.all_special_ids)  # ordinary tokens follow the special ones
-    sep = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    vocab = len(tokenizer)
+    previous_impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # the supervision needs the attention weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     model.train()
-    losses: list[float] = []
-    for step in range(steps):
-        run = torch.randint(first, len(tokenizer), (batch, RUN_LENGTH), generator=gen)
-        ids = torch.cat([run, torch.full((batch, 1), sep), run], dim=1)
-        labels = ids.clone()
-        labels[:, : RUN_LENGTH + 1] = -100
-        loss = model(input_ids=ids, labels=labels).loss
+    history: dict[str, list[float]] = {"induction": [], "lookup": []}
+
+    def step(loss: Any, stage: str, i: int, total: int) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == steps - 1:
-            losses.append(round(loss.item(), 4))
-    model.eval()
-    return losses
+        if i % 100 == 0 or i == total - 1:
+            history[stage].append(round(loss.item(), 4))
+            if log:
+                log(f"  {stage} step {i:>4}/{total}  loss {loss.item():.3f}")
+
+    try:
+        for i in range(induction_steps):
+            loss, _ = _induction_loss(model, _induction_batch(first, vocab, gen, rng, BATCH))
+            step(loss, "induction", i, induction_steps)
+        for i in range(lookup_steps):
+            loss = model(**_lookup_batch(tokenizer, labels, rng, BATCH)).loss
+            keep, _ = _induction_loss(model, _induction_batch(first, vocab, gen, rng, BATCH // 4))
+            step(loss + keep, "lookup", i, lookup_steps)
+    finally:
+        model.set_attn_implementation(previous_impl)
+        model.eval()
+    return history
 
 
-__all__ = ["RUN_LENGTH", "pretrain_copying"]
+__all__ = ["pretrain_lookup"]

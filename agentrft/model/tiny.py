@@ -2,14 +2,15 @@
 
 The result is an ordinary Hugging Face checkpoint (``save_pretrained``), so every later step loads it
 with ``AutoTokenizer`` / ``AutoModelForCausalLM`` exactly as it would load Qwen2.5-7B-Instruct.
-The weights start random; a short synthetic pretraining (``pretrain.py``: copy a random run of
-tokens) gives the model the in-context copying every pretrained model has, and the warm start
-(``agentrft sft``) then gives it its prior for the task.
+The weights start random; a short synthetic pretraining (``pretrain.py``: induction heads, then
+look-up in tables of highlight lines) gives the model the in-context look-up every pretrained model
+has, and the warm start (``agentrft sft``) then gives it its prior for the task.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
@@ -25,8 +26,19 @@ TINY_SHAPE = {
 """Shape of the tiny model: ~1M parameters, a few ms per token on one CPU core."""
 
 
-def build_tiny_model(corpus_dir: Path, out_dir: Path, seed: int = 0, pretrain_steps: int = 800) -> Path:
-    """Train a tokenizer on ``corpus_dir``, create a tiny Qwen2 model, pretrain it to copy, save both.
+RECIPE = 2
+"""Version of the build recipe (tokenizer, shape, pretraining); part of the demo's cache key."""
+
+
+def build_tiny_model(
+    corpus_dir: Path,
+    out_dir: Path,
+    seed: int = 0,
+    induction_steps: int = 600,
+    lookup_steps: int = 300,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Train a tokenizer on ``corpus_dir``, create a tiny Qwen2 model, pretrain it to look up, save both.
 
     Returns ``out_dir``, loadable by ``AutoTokenizer.from_pretrained`` and
     ``AutoModelForCausalLM.from_pretrained``.
@@ -35,13 +47,14 @@ def build_tiny_model(corpus_dir: Path, out_dir: Path, seed: int = 0, pretrain_st
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     from ..tools.filings import tool_specs
-    from .pretrain import pretrain_copying
-    from .tokenizer import corpus_documents, train_tokenizer
+    from .pretrain import pretrain_lookup
+    from .tokenizer import corpus_documents, find_metric_labels, train_tokenizer
 
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     if not corpus_dir.is_dir():
         raise UserError(f"{corpus_dir}: corpus directory not found (pass --corpus DIR, e.g. data/corpus)")
-    if not corpus_documents(corpus_dir):
+    docs = corpus_documents(corpus_dir)
+    if not docs:
         raise UserError(f"{corpus_dir}: no .html/.txt/.md documents to train the tokenizer on")
 
     tokenizer = train_tokenizer(corpus_dir, tool_specs())
@@ -59,7 +72,8 @@ def build_tiny_model(corpus_dir: Path, out_dir: Path, seed: int = 0, pretrain_st
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
-    losses = pretrain_copying(model, tokenizer, steps=pretrain_steps, seed=seed) if pretrain_steps else []
+    losses = pretrain_lookup(model, tokenizer, find_metric_labels(docs), induction_steps=induction_steps,
+                             lookup_steps=lookup_steps, seed=seed, log=log)
     model.generation_config = GenerationConfig(
         eos_token_id=im_end,
         pad_token_id=pad,
@@ -73,8 +87,8 @@ def build_tiny_model(corpus_dir: Path, out_dir: Path, seed: int = 0, pretrain_st
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     _check_reload(tokenizer, out_dir)
-    info = {"seed": seed, "corpus": str(corpus_dir), "parameters": model.num_parameters(),
-            "pretrain_steps": pretrain_steps, "pretrain_losses": losses}
+    info = {"seed": seed, "recipe": RECIPE, "corpus": str(corpus_dir), "parameters": model.num_parameters(),
+            "induction_steps": induction_steps, "lookup_steps": lookup_steps, "pretrain_losses": losses}
     (out_dir / "agentrft_model.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
@@ -97,4 +111,4 @@ def _check_reload(tokenizer, out_dir: Path) -> None:
         raise RuntimeError(f"{out_dir}: the saved tokenizer reloads with a different encoding; report this")
 
 
-__all__ = ["TINY_SHAPE", "build_tiny_model"]
+__all__ = ["RECIPE", "TINY_SHAPE", "build_tiny_model"]

@@ -3,10 +3,12 @@
 Three choices here make copying a figure out of a tool result learnable for a ~1M-parameter model
 (each measured on the running example; without them val success stayed at a few percent):
 
-- numbers are cut into chunks of up to three digits, left to right (`1,430` is `1` `,` `430`), so a
-  figure is copied chunk by chunk; each chunk is one token;
-- each metric label of the corpus (`Operating margin`, and ` operating margin` as questions spell it)
-  is one token, so the question and the filing line point at the same id;
+- numbers are cut into chunks of up to three digits, left to right (`1,430` is `1` `,` `430`), and a
+  decimal with up to three digits is one token (`27.5`, `1.43`), so a figure is copied chunk by chunk
+  and a highlight figure in one step;
+- each metric label of the corpus is one token in each of its spellings: the start of a filing line
+  (`Net income: $`, `Gross margin: `, so the figure directly follows the label token and one
+  induction step finds it), the bare label, and ` net income` as questions spell it;
 - byte-level BPE with no lossy step, so ``decode(encode(x)) == x`` — the response parser reads the
   decoded text, and a lossy round-trip misreads tool calls.
 
@@ -45,9 +47,11 @@ from .prompts import SYSTEM_PROMPT
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TOOL_TAGS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 DEFAULT_VOCAB_SIZE = 1536
-"""BPE merges learned from the corpus; the 1,110 digit chunks and the labels come on top."""
+"""BPE merges learned from the corpus; the 1,110 digit chunks, 2,000 decimals and the labels come on top."""
 
 DIGIT_CHUNKS = [f"{i:0{width}d}" for width in (3, 2, 1) for i in range(10**width)]
+DECIMALS = [f"{i}.{j}" for i in range(100) for j in range(10)] + [f"{i}.{j:02d}" for i in range(10) for j in range(100)]
+"""``27.5`` and ``1.43`` as one token each: a margin or a $-billion figure is then copied in one step."""
 # A highlights line of a filing: `Operating margin: 13.4%`, `Revenue: $842M`, `Net income: -$3M`.
 _LABEL_LINE = re.compile(r"^([A-Z][A-Za-z&/\- ]{1,38}[A-Za-z]): [-$(]?\$?\d")
 _CORPUS_SUFFIXES = {".html", ".htm", ".txt", ".md"}
@@ -93,10 +97,11 @@ def find_metric_labels(docs: list[tuple[str, str]], min_docs: int = 2) -> list[s
 
 
 def label_tokens(labels: Iterable[str]) -> list[str]:
-    """Each label as the filing writes it and as a question spells it (lower case, after a space)."""
+    """Each label as a filing line starts (``Net income: $``, ``Gross margin: ``), as the filing writes it
+    elsewhere, and as a question spells it (lower case, after a space)."""
     tokens: list[str] = []
     for label in labels:
-        for form in (label, " " + label.lower()):
+        for form in (f"{label}: $", f"{label}: ", label, " " + label.lower()):
             if form not in tokens:
                 tokens.append(form)
     return tokens
@@ -150,7 +155,7 @@ def train_tokenizer(
     # Tool tags and labels are ordinary (non-special) added tokens: decoding keeps them, as Qwen2.5 does.
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in TOOL_TAGS])
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in label_tokens(labels)])
-    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in DIGIT_CHUNKS])
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in DECIMALS + DIGIT_CHUNKS])
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -186,6 +191,7 @@ def preamble_pieces(tokenizer: PreTrainedTokenizerFast, tool_specs: list[dict]) 
 
 
 __all__ = [
+    "DECIMALS",
     "DIGIT_CHUNKS",
     "SPECIAL_TOKENS",
     "TOOL_TAGS",

@@ -32,8 +32,8 @@ GRADER = EXAMPLES / "graders" / "answer_and_tools.yaml"
 """0.8 × the numeric answer + 0.2 × tool use with the evidence read. The tiny model finds the right
 filing but does not copy the figure out of it, so the answer part alone would give GRPO no signal;
 with a real model the numeric grader alone is the tutorial's choice."""
-EVIDENCE_FOUND = 0.2
-"""The prior check's success line for the tiny model: the tool-use part in full (evidence read)."""
+ANSWERED = 0.8
+"""The prior check's success line: the answer part in full (0.8 × a correct figure)."""
 
 
 class StepFailed(Exception):
@@ -169,7 +169,7 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
         write_config(demo, base)
         agentrft("config", "check", demo.config)
     with step(demo, "Step 1 · prior check"):
-        agentrft("prior-check", demo.config, "--n", 40, "--rollouts", 5, "--threshold", EVIDENCE_FOUND,
+        agentrft("prior-check", demo.config, "--n", 40, "--rollouts", 5, "--threshold", ANSWERED,
                  "--out", demo.out / "prior.jsonl")
     with step(demo, "Step 6 · train"):
         if demo.run_dir.exists():  # the demo's own run from an earlier `make demo`: start afresh

@@ -38,14 +38,14 @@ def test_induction_targets_point_after_the_latest_earlier_occurrence() -> None:
 def test_lookup_tables_ask_about_lines_they_show(tokenizer) -> None:
     rng = random.Random(3)
     for _ in range(20):
-        ids, mask = pretrain._lookup_example(tokenizer, ["Revenue", "Operating margin", "Net income"], rng)
+        ids, mask = pretrain.lookup_example(tokenizer, ["Revenue", "Operating margin", "Net income"], rng)
         text = tokenizer.decode(ids)
         assert len(ids) == len(mask) and sum(mask) > 0
         answered = tokenizer.decode([t for t, m in zip(ids, mask) if m]).split("<|im_end|>")[:-1]
         assert len(answered) == pretrain.QUESTIONS_PER_TABLE
         table = text.split("</tool_response>")[0]
         for answer in answered:
-            assert f": {answer}\n" in table, (answer, table)
+            assert f"{answer}\n" in table and ": " in answer, (answer, table)
 
 
 def test_supervised_attention_forms_a_previous_token_head(tiny_model_dir: Path, tokenizer) -> None:

@@ -104,6 +104,28 @@ def test_drills_train_on_a_fresh_answer_only(demos, tokenizer) -> None:
         assert _masked_text(tokenizer, example) == answer + "<|im_end|>"
 
 
+def test_lookup_pairs_point_a_drill_answer_at_its_figure_in_the_read(demos, tokenizer) -> None:
+    from agentrft.data.facts import METRIC_LABELS
+    from agentrft.model.drills import drill_from, drill_sources
+    from agentrft.model.pretrain import lookup_pairs, number_token_ids
+    from agentrft.model.sft import encode_example
+
+    numbers = number_token_ids(tokenizer)
+    checked = 0
+    for demo, label in drill_sources(demos, METRIC_LABELS)[:10]:
+        messages = drill_from(demo, label, random.Random(checked))
+        example = encode_example(tokenizer, messages, demo.tools, answer_only=True)
+        ids, mask = example["input_ids"], example["assistant_masks"]
+        query, key = lookup_pairs(ids, mask, numbers)
+        start = mask.index(1)
+        assert query + 1 >= start and ids[query + 1] in numbers  # the position that predicts the figure
+        assert ids[key] == ids[query + 1] and key < start
+        read_start = max(i for i, t in enumerate(ids[:start]) if t == tokenizer.convert_tokens_to_ids("<tool_response>"))
+        assert key > read_start  # copied from the last read, not from an earlier search snippet
+        checked += 1
+    assert checked == 10
+
+
 def test_short_warm_start_trains_on_assistant_tokens_and_saves(
     demos, tokenizer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -111,7 +133,8 @@ def test_short_warm_start_trains_on_assistant_tokens_and_saves(
 
     settings = WarmStartSettings(epochs=1, max_steps=2, batch_size=4, drills_per_demo=0.25)
     examples, n_drills = build_examples(tokenizer, demos[:12], settings)
-    assert n_drills == 3 and len(examples) == 15
+    assert n_drills == 3 and len(examples) == 12 + 3 + 12  # demonstrations, drills, look-up tables
+    assert all("lookup_pairs" in e for e in examples)
     trainer, loss = train_on_examples(tiny_model_dir, examples, tmp_path / "warm", settings)
     assert trainer.state.global_step == 2 and loss is not None
     # The trainer's dataset: labels are -100 everywhere except where our mask is 1.

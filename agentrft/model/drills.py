@@ -63,7 +63,7 @@ def drill_from(demo: Demonstration, label: str, rng: random.Random) -> list[dict
         if message.get("name") == "search":
             message["content"] = _rewrite_search(message["content"], path, values)
     messages[read_index]["content"] = _rewrite(read, values)
-    messages[-1] = {"role": "assistant", "content": values[label]}
+    messages[-1] = {"role": "assistant", "content": f"{label}: {values[label]}"}
     return messages
 
 

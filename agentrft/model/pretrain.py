@@ -38,6 +38,8 @@ AUX_WEIGHT = 1.0
 """Weight of the attention-supervision loss next to the language-model loss."""
 QUESTIONS_PER_TABLE = 3
 """Questions asked about each synthetic look-up table (more answers per sequence, same context)."""
+LOOKUP_HEAD = (1, 0)
+"""(layer, head) whose attention is supervised to find the answer's figure in the context."""
 
 
 def _figure(label: str, rng: random.Random) -> str:
@@ -91,7 +93,36 @@ def _induction_loss(model: Any, batch: tuple[Any, Any, Any]) -> tuple[Any, Any]:
     return out.loss + AUX_WEIGHT * aux, out
 
 
-def _lookup_example(tokenizer: Any, labels: list[str], rng: random.Random) -> tuple[list[int], list[int]]:
+def number_token_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokens a figure's digits are made of (digit chunks and decimals)."""
+    from .tokenizer import DECIMALS, DIGIT_CHUNKS
+
+    ids = {tokenizer.convert_tokens_to_ids(t) for t in DIGIT_CHUNKS + DECIMALS}
+    return ids - {tokenizer.unk_token_id, None}
+
+
+def lookup_pairs(ids: list[int], mask: list[int], numbers: set[int]) -> list[int]:
+    """Flat ``[query, key, ...]`` of each answer span: the position that predicts the answer's first number
+    token, and that token's last occurrence before the span (where a look-up copies it from)."""
+    pairs: list[int] = []
+    i = 0
+    while i < len(mask):
+        if not mask[i]:
+            i += 1
+            continue
+        start = i
+        while i < len(mask) and mask[i]:
+            i += 1
+        first = next((k for k in range(start, i) if ids[k] in numbers), None)
+        if first is None or first == 0:
+            continue
+        source = next((k for k in range(start - 1, -1, -1) if ids[k] == ids[first]), None)
+        if source is not None:
+            pairs += [first - 1, source]
+    return pairs
+
+
+def lookup_example(tokenizer: Any, labels: list[str], rng: random.Random) -> tuple[list[int], list[int]]:
     """A synthetic tool response with k highlight lines and questions about them; ids and loss mask."""
     shown = rng.sample(labels, rng.randint(1, len(labels)))
     values = {label: _figure(label, rng) for label in shown}
@@ -103,26 +134,45 @@ def _lookup_example(tokenizer: Any, labels: list[str], rng: random.Random) -> tu
         question = tokenizer.encode(
             f"<|im_start|>user\nWhat was the {asked.lower()} in Q{rng.randint(1, 4)}?<|im_end|>\n<|im_start|>assistant\n"
         )
-        answer = tokenizer.encode(values[asked]) + [tokenizer.eos_token_id]
+        answer = tokenizer.encode(f"{asked}: {values[asked]}") + [tokenizer.eos_token_id]
         newline = tokenizer.encode("\n")
         ids += question + answer + newline
         mask += [0] * len(question) + [1] * len(answer) + [0] * len(newline)
     return ids, mask
 
 
-def _lookup_batch(tokenizer: Any, labels: list[str], rng: random.Random, batch: int) -> dict[str, Any]:
+def pad_pairs(rows: list[list[int]]) -> Any:
+    """``(batch, n, 2)`` tensor of look-up pairs, padded with -1."""
     import torch
 
-    examples = [_lookup_example(tokenizer, labels, rng) for _ in range(batch)]
+    n = max((len(r) // 2 for r in rows), default=0)
+    return torch.tensor([r + [-1] * (2 * n - len(r)) for r in rows]).view(len(rows), n, 2)
+
+
+def lookup_attention_nll(attention: Any, pairs: Any) -> Any:
+    """Mean -log of the look-up head's attention (``(batch, L, L)``) from each query to its key."""
+    rows, which = (pairs[..., 0] >= 0).nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return attention.sum() * 0
+    queries, keys = pairs[rows, which, 0], pairs[rows, which, 1]
+    return -(attention[rows, queries, keys] + 1e-6).log().mean()
+
+
+def _lookup_batch(tokenizer: Any, labels: list[str], rng: random.Random, batch: int,
+                  numbers: set[int]) -> tuple[dict[str, Any], Any]:
+    import torch
+
+    examples = [lookup_example(tokenizer, labels, rng) for _ in range(batch)]
     width = max(len(ids) for ids, _ in examples)
     pad = tokenizer.pad_token_id
-    return {
+    inputs = {
         "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in examples]),
         "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples]),
         "labels": torch.tensor(
             [[t if m else -100 for t, m in zip(ids, mask)] + [-100] * (width - len(ids)) for ids, mask in examples]
         ),
     }
+    return inputs, pad_pairs([lookup_pairs(ids, mask, numbers) for ids, mask in examples])
 
 
 def pretrain_lookup(
@@ -162,14 +212,19 @@ def pretrain_lookup(
         for i in range(induction_steps):
             loss, _ = _induction_loss(model, _induction_batch(first, vocab, gen, rng, BATCH))
             step(loss, "induction", i, induction_steps)
+        numbers = number_token_ids(tokenizer)
+        layer, head = LOOKUP_HEAD
         for i in range(lookup_steps):
-            loss = model(**_lookup_batch(tokenizer, labels, rng, BATCH)).loss
+            inputs, pairs = _lookup_batch(tokenizer, labels, rng, BATCH, numbers)
+            out = model(**inputs, output_attentions=True)
+            aux = lookup_attention_nll(out.attentions[layer][:, head], pairs)
             keep, _ = _induction_loss(model, _induction_batch(first, vocab, gen, rng, BATCH // 4))
-            step(loss + keep, "lookup", i, lookup_steps)
+            step(out.loss + AUX_WEIGHT * aux + keep, "lookup", i, lookup_steps)
     finally:
         model.set_attn_implementation(previous_impl)
         model.eval()
     return history
 
 
-__all__ = ["pretrain_lookup"]
+__all__ = ["LOOKUP_HEAD", "lookup_attention_nll", "lookup_example", "lookup_pairs", "number_token_ids", "pad_pairs",
+           "pretrain_lookup"]

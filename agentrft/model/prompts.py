@@ -11,7 +11,8 @@ from __future__ import annotations
 
 SYSTEM_PROMPT = (
     "You answer questions about company filings. Search for the filing, read it, "
-    "then reply with the figure only, written as in the filing."
+    "then reply with the figure written as in the filing, with its label when the filing has one "
+    "(Operating margin: 13.4%)."
 )
 """System prompt of the research agent; the warm-start demonstrations and rollouts share it."""
 

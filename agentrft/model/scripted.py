@@ -54,7 +54,25 @@ class Demonstration:
 
     @property
     def correct(self) -> bool:
-        return self.answer.strip() == self.reference.strip()
+        figure = self.answer.strip().rsplit(": ", 1)[-1]  # ``Net income: $107M`` answers ``$107M``
+        return figure == self.reference.strip()
+
+
+def highlight_label(row: Row) -> str | None:
+    """The filing's label for the row's figure (``Net income``) when it is a highlight line, else None."""
+    from ..data.facts import METRIC_LABELS
+
+    meta = row.metadata.model_dump()
+    return METRIC_LABELS.get(str(meta.get("metric", ""))) if row.metadata.task_type == "numerical_qa" else None
+
+
+def labelled(row: Row, figure: str) -> str:
+    """The answer as the filing's line gives it: ``Net income: $107M`` (the figure alone without a label).
+
+    A small model copies a figure far more reliably this way: once it has written the label, the figure
+    is what followed the same label in the filing it read (one induction step)."""
+    label = highlight_label(row)
+    return f"{label}: {figure}" if label else figure
 
 
 def metric_words(metric: str) -> str:
@@ -125,8 +143,8 @@ def hasty_answer(row: Row, search_output: str) -> str:
             figures.append((head.lower(), value.strip()))
     for head, value in figures:
         if head == label:
-            return value
-    return figures[0][1] if figures else "0"
+            return labelled(row, value)
+    return labelled(row, figures[0][1]) if figures else "0"
 
 
 class _Recorder:
@@ -179,7 +197,7 @@ async def demonstrate(row: Row, strategy: str, call_tool: ToolCaller, rng: rando
             await rec.call("read", {"path": rng.choice(others).strip()})
     for path in reads:
         await rec.call("read", {"path": path})
-    return rec.finish(strategy, row.reference_answer)
+    return rec.finish(strategy, labelled(row, row.reference_answer))
 
 
 def pick_strategies(n: int, mixture: dict[str, float], rng: random.Random) -> list[str]:
@@ -264,7 +282,9 @@ __all__ = [
     "demonstrate",
     "demonstrations_to_jsonl",
     "hasty_answer",
+    "highlight_label",
     "http_tool_caller",
+    "labelled",
     "make_demonstrations",
     "metric_words",
     "period_words",

@@ -41,6 +41,12 @@ class WarmStartSettings(BaseModel):
     batch_size: int = Field(default=8, ge=1)
     drills_per_demo: float = Field(default=1.0, ge=0)
     """Reading drills per demonstration per epoch."""
+    lookup_supervision: float = Field(default=1.0, ge=0)
+    """Weight of the look-up head's attention loss (``pretrain.LOOKUP_HEAD`` to where each answer's figure
+    is copied from); 0 trains on the language-model loss alone."""
+    lookup_tables_per_demo: float = Field(default=1.0, ge=0)
+    """Synthetic look-up tables (``pretrain.lookup_example``) per demonstration per epoch: they keep the
+    pretrained look-up alive while the model learns the task's format."""
     mixture: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MIXTURE))
     """Shares of the good / hasty / wandering strategies among the demonstrations."""
     max_steps: int = -1
@@ -121,17 +127,26 @@ def build_examples(
     """Every epoch's demonstrations plus that epoch's fresh drills, tokenized; and the drill count."""
     from ..data.facts import METRIC_LABELS
     from .drills import drill_sources, make_drills
+    from .pretrain import lookup_example, lookup_pairs, number_token_ids
 
     encoded = [encode_example(tokenizer, d.messages, d.tools) for d in demos]
     sources = drill_sources(demos, METRIC_LABELS)
     rng = random.Random(settings.seed)
     per_epoch = int(round(settings.drills_per_demo * len(demos)))
+    tables = int(round(settings.lookup_tables_per_demo * len(demos)))
+    labels = list(METRIC_LABELS.values())
     examples, n_drills = [], 0
     for _ in range(settings.epochs):
         examples += encoded
         for messages, tools in make_drills(sources, per_epoch, rng):
             examples.append(encode_example(tokenizer, messages, tools, answer_only=True))
             n_drills += 1
+        for _ in range(tables):
+            ids, mask = lookup_example(tokenizer, labels, rng)
+            examples.append({"input_ids": ids, "assistant_masks": mask})
+    if settings.lookup_supervision:
+        numbers = number_token_ids(tokenizer)
+        examples = [{**e, "lookup_pairs": lookup_pairs(e["input_ids"], e["assistant_masks"], numbers)} for e in examples]
     return examples, n_drills
 
 
@@ -170,6 +185,44 @@ def _progress_line() -> Any:
     return ProgressLine()
 
 
+def _lookup_supervised_trainer(weight: float) -> Any:
+    """SFTTrainer plus the look-up head's attention loss on examples that carry ``lookup_pairs``."""
+    from trl import SFTTrainer
+
+    from .pretrain import LOOKUP_HEAD, lookup_attention_nll, pad_pairs
+
+    class LookupSupervisedSFTTrainer(SFTTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            inner = self.data_collator
+
+            def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+                pairs = [list(e.pop("lookup_pairs", [])) for e in examples]
+                batch = inner(examples)
+                batch["lookup_pairs"] = pad_pairs(pairs)
+                return batch
+
+            self.data_collator = collate
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            pairs = inputs.pop("lookup_pairs", None)
+            layer, head = LOOKUP_HEAD
+            captured: list[Any] = []
+            attention = self.accelerator.unwrap_model(model).model.layers[layer].self_attn
+            hook = attention.register_forward_hook(lambda _m, _a, out: captured.append(out[1]))
+            try:
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                hook.remove()
+            if pairs is None or not captured or captured[0] is None or not model.training:
+                return result
+            aux = weight * lookup_attention_nll(captured[0][:, head], pairs.to(captured[0].device))
+            return (result[0] + aux, result[1]) if return_outputs else result + aux
+
+    return LookupSupervisedSFTTrainer
+
+
 def train_on_examples(
     model_dir: Path, examples: list[dict[str, list[int]]], out_dir: Path, settings: WarmStartSettings
 ) -> tuple[Any, float | None]:
@@ -202,14 +255,21 @@ def train_on_examples(
         train_sampling_strategy="group_by_length",  # less padding: ~30% faster on CPU
         disable_tqdm=True,
         activation_checkpointing=False,  # TRL turns it on by default; for 1M parameters it only costs time
+        remove_unused_columns=False,  # keep ``lookup_pairs`` for the look-up loss
         bf16=False,
     )
-    trainer = SFTTrainer(
+    supervised = settings.lookup_supervision > 0 and any("lookup_pairs" in e for e in examples)
+    if supervised:
+        model.set_attn_implementation("eager")  # the look-up loss needs the head's attention weights
+    trainer_class = _lookup_supervised_trainer(settings.lookup_supervision) if supervised else SFTTrainer
+    trainer = trainer_class(
         model=model, args=config, train_dataset=Dataset.from_list(examples), processing_class=tokenizer
     )
     trainer.remove_callback(PrinterCallback)  # one short line per log step instead of a dict
     trainer.add_callback(_progress_line())
     output = trainer.train()
+    if supervised:
+        model.set_attn_implementation("sdpa")
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(out_dir)
     return trainer, getattr(output, "training_loss", None)

@@ -153,7 +153,8 @@ def test_generated_tool_calls_parse_after_a_few_steps(demos, tokenizer, tiny_mod
 
     from agentrft.model.sft import WarmStartSettings, build_examples, train_on_examples
 
-    settings = WarmStartSettings(epochs=40, batch_size=2, drills_per_demo=0.0, learning_rate=3e-3)
+    settings = WarmStartSettings(epochs=40, batch_size=2, drills_per_demo=0.0, lookup_tables_per_demo=0.0, lookup_supervision=0.0,
+                                 learning_rate=3e-3)
     good = [d for d in demos if d.strategy == "good"][:4]
     examples, _ = build_examples(tokenizer, good, settings)
     trainer, _ = train_on_examples(tiny_model_dir, examples, tmp_path / "overfit", settings)
@@ -165,6 +166,7 @@ def test_generated_tool_calls_parse_after_a_few_steps(demos, tokenizer, tiny_mod
         out = model.generate(**ids, max_new_tokens=48, do_sample=False)
     generated = out[0, ids["input_ids"].shape[1]:].tolist()
     parsed = tokenizer.parse_response(generated, prefix=prompt)
+    assert "tool_calls" in parsed, tokenizer.decode(generated)
     assert parsed["tool_calls"][0]["function"]["name"] == "search"
 
 

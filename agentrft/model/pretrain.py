@@ -14,15 +14,17 @@ Two stages, both on synthetic data (nothing about the corpus's figures is learnt
 1. **Induction** — random token sequences with repeated segments. Next to the language-model loss on
    the repeated tokens, an auxiliary loss supervises two heads' attention directly: layer 0 head 0 to
    the previous token, layer 1 head 0 to the induction target. Without that supervision the same
-   sequences stayed on the plateau (the heads must both form before either pays off); with it the
-   attention patterns form in ~200 steps and copying follows.
-2. **Look-up** — a tool response listing some of the corpus's highlight lines (``Net income: $107M``)
-   in random order with random figures, then questions naming one metric each and the figure as
-   answer. Induction batches continue alongside, so the heads are kept. Measured with the same
-   recipe: 0% → ~70% exact answers on six-line tables within 250 steps.
+   sequences stayed on the plateau for 1,200 steps (both heads must form before either pays off); with
+   it the previous-token head forms in ~90 steps and copying follows.
+2. **Look-up** — a tool response listing some of the corpus's highlight lines in random order with
+   random figures, then questions naming one metric each, answered as the filing's line
+   (``Net income: $107M``). Once the model has written the label, the figure is what followed the same
+   label token in the table: one induction step, and the induction head's attention from the label to
+   that figure is supervised too (``LOOKUP_HEAD``). Induction batches continue alongside.
 
-The tokenizer makes this a one-token look-up: ``Net income: $`` is one token and a decimal like
-``27.5`` another, so the figure follows the label token directly.
+The tokenizer makes this a one-token look-up (``Net income: $`` and ``27.5`` are single tokens), and
+the model's heads are 64 wide (``tiny.TINY_SHAPE``). Measured (600 + 300 steps, ~5.5 minutes on two
+cores): exact answers on fresh six-line tables 0% → 100%.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ template TRL ships (``{% generation %}`` markers → ``assistant_masks``, exactl
 rollout: the template's newline after ``<|im_start|>assistant`` and after ``<|im_end|>`` belong to
 the prompt side in the agent loop, so they carry no loss here either. SFTTrainer turns
 ``assistant_masks`` into labels (-100 elsewhere).
+
+Two additions keep the look-up the pretraining gave (``pretrain.py``) while the model learns the
+task's format: synthetic look-up tables in the mix, and a loss on the look-up head's attention from
+each answer to where its figure is copied from (``lookup_pairs``). The 320 demonstrations can be
+memorised, and a memorised answer needs no look-up; the drills and tables cannot.
 """
 
 from __future__ import annotations

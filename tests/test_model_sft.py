@@ -153,7 +153,7 @@ def test_generated_tool_calls_parse_after_a_few_steps(demos, tokenizer, tiny_mod
 
     from agentrft.model.sft import WarmStartSettings, build_examples, train_on_examples
 
-    settings = WarmStartSettings(epochs=40, batch_size=2, drills_per_demo=0.0, lookup_tables_per_demo=0.0, lookup_supervision=0.0,
+    settings = WarmStartSettings(epochs=80, batch_size=2, drills_per_demo=0.0, lookup_tables_per_demo=0.0, lookup_supervision=0.0,
                                  learning_rate=3e-3)
     good = [d for d in demos if d.strategy == "good"][:4]
     examples, _ = build_examples(tokenizer, good, settings)

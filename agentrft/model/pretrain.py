@@ -84,7 +84,7 @@ def _attention_nll(attention: Any, target: Any) -> Any:
     return -(attention[rows, queries, target[rows, queries]] + 1e-6).log().mean()
 
 
-def _induction_loss(model: Any, batch: tuple[Any, Any, Any]) -> tuple[Any, Any]:
+def _induction_loss(model: Any, batch: tuple[Any, Any, Any]) -> Any:
     """LM loss on the repeats plus the supervision of the previous-token and induction heads."""
     import torch
 
@@ -92,7 +92,7 @@ def _induction_loss(model: Any, batch: tuple[Any, Any, Any]) -> tuple[Any, Any]:
     out = model(input_ids=ids, labels=labels, output_attentions=True)
     previous = (torch.arange(ids.shape[1]) - 1).expand_as(ids)
     aux = _attention_nll(out.attentions[0][:, 0], previous) + _attention_nll(out.attentions[1][:, 0], target)
-    return out.loss + AUX_WEIGHT * aux, out
+    return out.loss + AUX_WEIGHT * aux
 
 
 def number_token_ids(tokenizer: Any) -> set[int]:
@@ -103,11 +103,9 @@ def number_token_ids(tokenizer: Any) -> set[int]:
     return ids - {tokenizer.unk_token_id, None}
 
 
-def lookup_pairs(ids: list[int], mask: list[int], numbers: set[int]) -> list[int]:
-    """Flat ``[query, key, ...]`` of each answer span: the position that predicts the answer's first number
-    token, and that token's last occurrence before the span (where a look-up copies it from)."""
-    pairs: list[int] = []
-    i = 0
+def mask_spans(mask: list[int]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each contiguous run of ones in ``mask`` (end exclusive)."""
+    spans, i = [], 0
     while i < len(mask):
         if not mask[i]:
             i += 1
@@ -115,7 +113,16 @@ def lookup_pairs(ids: list[int], mask: list[int], numbers: set[int]) -> list[int
         start = i
         while i < len(mask) and mask[i]:
             i += 1
-        first = next((k for k in range(start, i) if ids[k] in numbers), None)
+        spans.append((start, i))
+    return spans
+
+
+def lookup_pairs(ids: list[int], mask: list[int], numbers: set[int]) -> list[int]:
+    """Flat ``[query, key, ...]`` of each answer span: the position that predicts the answer's first number
+    token, and that token's last occurrence before the span (where a look-up copies it from)."""
+    pairs: list[int] = []
+    for start, end in mask_spans(mask):
+        first = next((k for k in range(start, end) if ids[k] in numbers), None)
         if first is None or first == 0:
             continue
         source = next((k for k in range(start - 1, -1, -1) if ids[k] == ids[first]), None)
@@ -212,7 +219,7 @@ def pretrain_lookup(
 
     try:
         for i in range(induction_steps):
-            loss, _ = _induction_loss(model, _induction_batch(first, vocab, gen, rng, BATCH))
+            loss = _induction_loss(model, _induction_batch(first, vocab, gen, rng, BATCH))
             step(loss, "induction", i, induction_steps)
         numbers = number_token_ids(tokenizer)
         layer, head = LOOKUP_HEAD
@@ -220,7 +227,7 @@ def pretrain_lookup(
             inputs, pairs = _lookup_batch(tokenizer, labels, rng, BATCH, numbers)
             out = model(**inputs, output_attentions=True)
             aux = lookup_attention_nll(out.attentions[layer][:, head], pairs)
-            keep, _ = _induction_loss(model, _induction_batch(first, vocab, gen, rng, BATCH // 4))
+            keep = _induction_loss(model, _induction_batch(first, vocab, gen, rng, BATCH // 4))
             step(out.loss + AUX_WEIGHT * aux + keep, "lookup", i, lookup_steps)
     finally:
         model.set_attn_implementation(previous_impl)
@@ -228,5 +235,5 @@ def pretrain_lookup(
     return history
 
 
-__all__ = ["LOOKUP_HEAD", "lookup_attention_nll", "lookup_example", "lookup_pairs", "number_token_ids", "pad_pairs",
-           "pretrain_lookup"]
+__all__ = ["LOOKUP_HEAD", "lookup_attention_nll", "lookup_example", "lookup_pairs", "mask_spans", "number_token_ids",
+           "pad_pairs", "pretrain_lookup"]

@@ -79,19 +79,13 @@ class WarmStartResult(BaseModel):
 
 def _trim(ids: list[int], mask: list[int], newline: int, eos: int) -> list[int]:
     """Keep, in each masked span, only what a rollout generates: after the header's newline, up to eos."""
+    from .pretrain import mask_spans
+
     out = [0] * len(mask)
-    i = 0
-    while i < len(mask):
-        if not mask[i]:
-            i += 1
-            continue
-        j = i
-        while j < len(mask) and mask[j]:
-            j += 1
+    for i, j in mask_spans(mask):
         start = i + 1 if ids[i] == newline else i
         end = next((k + 1 for k in range(start, j) if ids[k] == eos), j)
         out[start:end] = [1] * (end - start)
-        i = j
     return out
 
 

@@ -128,12 +128,18 @@ def test_concurrent_queries_are_batched_with_unchanged_results(small_corpus: Pat
     index = SearchIndex.build(Corpus(small_corpus), tmp_path / "cache", embed=True)
     queries = [f"gross margin segment {i}" for i in range(16)]
     solo = [index.search(q, 3) for q in queries]
-    batcher = QueryBatcher(index, max_batch=64, max_wait_s=0.005)
 
-    async def run():
-        return await asyncio.gather(*(batcher.search(q, 3) for q in queries))
+    for workers in (1, 2):
+        index._query_cache.clear()  # embed afresh, so two workers tokenize and embed at the same time
+        batcher = QueryBatcher(index, max_batch=64, max_wait_s=0.005, workers=workers)
 
-    batched = asyncio.run(run())
-    assert [[h.path for h in hits] for hits in batched] == [[h.path for h in hits] for hits in solo]
-    assert [[h.snippet for h in hits] for hits in batched] == [[h.snippet for h in hits] for hits in solo]
-    assert batcher.batches < len(queries) / 4
+        async def run():
+            return await asyncio.gather(*(batcher.search(q, 3) for q in queries))
+
+        batched = asyncio.run(run())
+        assert [[h.path for h in hits] for hits in batched] == [[h.path for h in hits] for hits in solo]
+        assert [[h.snippet for h in hits] for hits in batched] == [[h.snippet for h in hits] for hits in solo]
+        if workers == 1:  # one worker takes everything waiting
+            assert batcher.batches == 1
+        else:  # two share it
+            assert 2 <= batcher.batches < len(queries) / 2

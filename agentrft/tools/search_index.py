@@ -6,7 +6,9 @@ Requests never build anything; they embed their query and score it against the m
 
 Why a micro-batcher: on a CPU one MiniLM forward pass costs about the same for 1 query as for 8, so
 concurrent searches are collected for a couple of milliseconds and embedded together in a worker
-thread, which keeps the event loop free to accept more requests meanwhile.
+thread, which keeps the event loop free to accept more requests meanwhile. There is one such worker
+per core (two on a 2-core machine): while one embeds a batch, the next batch gathers and goes to the
+other, so the embedding, which is nearly all of a search's CPU, uses every core.
 
 Scores: each chunk gets 1/(60 + rank) from each ranking (k=60 as in Cormack et al.); a document takes
 its best chunk's score, divided by the best possible (first in both rankings), so 1.00 means "ranked
@@ -22,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +114,9 @@ class SearchIndex:
         self.bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.query_cache_size = 4096
+        self._lock = threading.Lock()
+        if embedder is not None:  # sentence-transformers >= 5.2 renamed tokenize to preprocess
+            self._tokenize = getattr(embedder, "preprocess", None) or embedder.tokenize
 
     @classmethod
     def build(cls, corpus: Corpus, cache_dir: Path | None = None, embed: bool = True) -> SearchIndex:
@@ -145,21 +151,29 @@ class SearchIndex:
         return cls(chunks, titles, embedder, embeddings)
 
     def _embed(self, queries: list[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(q for q in queries if q not in self._query_cache))
-        if missing:
-            with _fast_matmuls():
-                vectors = self.embedder.encode(missing, batch_size=max(len(missing), 1),
-                                               normalize_embeddings=True, convert_to_numpy=True,
-                                               show_progress_bar=False)
-            for q, v in zip(missing, vectors):
-                self._query_cache[q] = v.astype(np.float32)
-        out = []
-        for q in queries:
-            self._query_cache.move_to_end(q)
-            out.append(self._query_cache[q])
-        while len(self._query_cache) > self.query_cache_size:
-            self._query_cache.popitem(last=False)
-        return np.stack(out)
+        """Normalised query embeddings; safe to call from several worker threads at once."""
+        import torch
+
+        with self._lock:
+            known = {q: self._query_cache[q] for q in queries if q in self._query_cache}
+            # The fast tokenizer is one Rust object whose padding settings are set on every call;
+            # two threads tokenizing at once make it fail with "Already borrowed".
+            missing = list(dict.fromkeys(q for q in queries if q not in known))
+            features = self._tokenize(missing) if missing else None
+        if features is not None:
+            with torch.inference_mode(), _fast_matmuls():
+                vectors = self.embedder(features)["sentence_embedding"].float()
+            vectors = torch.nn.functional.normalize(vectors, dim=1).numpy()
+            known.update(zip(missing, vectors))
+        with self._lock:
+            for q in missing:
+                self._query_cache[q] = known[q]
+            for q in queries:
+                if q in self._query_cache:
+                    self._query_cache.move_to_end(q)
+            while len(self._query_cache) > self.query_cache_size:
+                self._query_cache.popitem(last=False)
+        return np.stack([known[q] for q in queries])
 
     def search_batch(self, queries: list[str], top_ks: list[int]) -> list[list[Hit]]:
         """Rank documents for many queries at once (one embedding forward pass for all)."""
@@ -214,55 +228,86 @@ def _single_threaded_torch(threads: int) -> None:
 
 
 class QueryBatcher:
-    """Collects concurrent searches and runs them as one batch in a worker thread."""
+    """Collects concurrent searches and runs them as batches on ``workers`` threads."""
 
     def __init__(self, index: SearchIndex, max_batch: int = 64, max_wait_s: float = 0.002,
-                 torch_threads: int = 1) -> None:
+                 torch_threads: int = 1, workers: int | None = None) -> None:
         self.index = index
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self._pending: list[tuple[str, int, asyncio.Future]] = []
         self._wake: asyncio.Event | None = None
+        self._freed: asyncio.Event | None = None
+        self._idle = self.workers
+        self._running = 0
+        """Searches in the batches the workers are running now."""
         self._worker: asyncio.Task | None = None
-        # One dedicated thread running torch single-threaded: the event loop needs a core of its own
-        # for HTTP, and on a busy 2-core machine a 2-thread OpenMP team waiting at barriers for a
-        # descheduled partner made one query's forward pass 100x slower (1.3 s instead of 10 ms).
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search",
+        self._inflight: set[asyncio.Task] = set()
+        # Each worker thread runs torch single-threaded, and the event loop keeps the HTTP work: on
+        # a busy 2-core machine a 2-thread OpenMP team waiting at barriers for a descheduled partner
+        # made one query's forward pass 100x slower (1.3 s instead of 10 ms). Separate single-threaded
+        # workers never wait for each other.
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="search",
                                             initializer=_single_threaded_torch, initargs=(torch_threads,))
         self.batches = 0
 
     async def search(self, query: str, top_k: int) -> list[Hit]:
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
-            self._wake = asyncio.Event()
+            self._wake, self._freed = asyncio.Event(), asyncio.Event()
+            self._idle, self._running = self.workers, 0
             self._worker = loop.create_task(self._run())
         future: asyncio.Future = loop.create_future()
         self._pending.append((query, top_k, future))
+        assert self._wake is not None
         self._wake.set()
         return await future
 
     async def _run(self) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._freed is not None
         while True:
             await self._wake.wait()
-            if len(self._pending) < self.max_batch:
-                await asyncio.sleep(self.max_wait_s)  # let the requests already in flight join
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            while self._idle == 0:  # every worker busy: the next batch keeps growing meanwhile
+                self._freed.clear()
+                await self._freed.wait()
+            if self._running and len(self._pending) < self.max_batch:
+                # Others are being served, so more requests are coming: let the ones in flight join.
+                # On an idle server a lone search starts at once (2 ms of its 13 ms at one client).
+                await asyncio.sleep(self.max_wait_s)
+            # Every worker should get an equal share of all searches in flight: 64 clients answered
+            # together come back together, and one batch of 64 would leave the other core idle while
+            # it runs; uneven shares (42 + 22, as measured) make the bigger one's callers wait longer.
+            waiting = len(self._pending)
+            size = min(self.max_batch, -(-waiting // self._idle), -(-(waiting + self._running) // self.workers))
+            batch, self._pending = self._pending[:size], self._pending[size:]
             if not self._pending:
                 self._wake.clear()
             batch = [item for item in batch if not item[2].done()]  # drop cancelled callers
             if not batch:
                 continue
-            try:
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.index.search_batch, [q for q, _, _ in batch], [k for _, k, _ in batch]
-                )
-            except Exception as exc:  # one bad batch must not kill the worker for everyone
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            self.batches += 1
-            for (_, _, fut), hits in zip(batch, results):
+            self._idle -= 1
+            self._running += len(batch)
+            task = asyncio.get_running_loop().create_task(self._serve(batch))
+            self._inflight.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._inflight.discard)
+
+    async def _serve(self, batch: list[tuple[str, int, asyncio.Future]]) -> None:
+        assert self._freed is not None
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.index.search_batch, [q for q, _, _ in batch], [k for _, k, _ in batch]
+            )
+        except Exception as exc:  # one bad batch must not fail anyone else's
+            for _, _, fut in batch:
                 if not fut.done():
-                    fut.set_result(hits)
+                    fut.set_exception(exc)
+            return
+        finally:
+            self._idle += 1
+            self._running -= len(batch)
+            self._freed.set()
+        self.batches += 1
+        for (_, _, fut), hits in zip(batch, results):
+            if not fut.done():
+                fut.set_result(hits)

@@ -22,6 +22,8 @@ Status codes:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hmac
 import json
 import logging
@@ -88,9 +90,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI):
+    # What is loaded by now (the index, the embedding model, the libraries) lives as long as the
+    # server. Frozen, it is no longer walked by the garbage collector: measured at 64 clients, a full
+    # collection of it held the GIL for ~230 ms, stalled both search workers, and alone made the p99.
+    gc.collect()
+    gc.freeze()
+    yield
+
+
 def create_app(registry: ToolRegistry, token: str | None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The ASGI app serving ``registry``; ``token=None`` serves without auth (say so in the log)."""
-    app = FastAPI(title="agentrft tools", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="agentrft tools", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
     expected = token.encode() if token else None
     specs_body = json.dumps(registry.specs(), ensure_ascii=False)
 

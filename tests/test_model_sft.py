@@ -126,14 +126,45 @@ def test_lookup_pairs_point_a_drill_answer_at_its_figure_in_the_read(demos, toke
     assert checked == 10
 
 
+def test_query_drills_search_for_the_company_and_period_their_question_names(demos, tokenizer) -> None:
+    from agentrft.data.facts import COMPANIES, METRIC_LABELS, Period
+    from agentrft.model.drills import make_query_drills, query_sources
+    from agentrft.model.pretrain import lookup_pairs, name_token_ids
+    from agentrft.model.sft import encode_example
+
+    companies = [c.name for c in COMPANIES]
+    sources = query_sources(demos, companies, [label.lower() for label in METRIC_LABELS.values()])
+    assert len(sources) == len(demos)  # every scripted strategy starts with a search
+    drills = make_query_drills(sources, 30, random.Random(0))
+    names = name_token_ids(tokenizer, companies)
+    for messages, tools in drills:
+        question = messages[1]["content"]
+        call = messages[-1]["tool_calls"][0]["function"]
+        assert messages[-1]["role"] == "assistant" and call["name"] == "search" and len(messages) == 3
+        company = next(c for c in companies if call["arguments"]["query"].startswith(c + " "))
+        assert company in question
+        label = call["arguments"]["query"][len(company) + 1:]
+        period = Period(int(label[2:6]), None) if label.startswith("FY") else Period(int(label[3:7]), int(label[1]))
+        assert period.label in question or period.words in question  # "Q3 2025" or "the third quarter of 2025"
+        example = encode_example(tokenizer, messages, tools, answer_only=True)
+        ids, mask = example["input_ids"], example["assistant_masks"]
+        assert _masked_text(tokenizer, example).startswith("<tool_call>")
+        query, key = lookup_pairs(ids, mask, set(names) | set(names.values()), names)
+        user = max(i for i in range(mask.index(1)) if tokenizer.decode([ids[i]]) == "user")
+        assert user < key < mask.index(1)  # the look-up head is shown the company's name in the question
+        assert tokenizer.decode([ids[key]]).strip() == tokenizer.decode([ids[query + 1]]).strip() == company.split()[0]
+    assert len({m[1]["content"] for m, _ in drills}) == len(drills)  # fresh questions, not the demonstrations'
+    assert not {m[1]["content"] for m, _ in drills} & {d.messages[1]["content"] for d in demos}
+
+
 def test_short_warm_start_trains_on_assistant_tokens_and_saves(
     demos, tokenizer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from agentrft.model.sft import WarmStartSettings, build_examples, train_on_examples
 
-    settings = WarmStartSettings(epochs=1, max_steps=2, batch_size=4, drills_per_demo=0.25)
+    settings = WarmStartSettings(epochs=1, max_steps=2, batch_size=4, drills_per_demo=0.25, query_drills_per_demo=0.5)
     examples, n_drills = build_examples(tokenizer, demos[:12], settings)
-    assert n_drills == 3 and len(examples) == 12 + 3 + 12  # demonstrations, drills, look-up tables
+    assert n_drills == 3 + 6 and len(examples) == 12 + 9 + 12  # demonstrations, drills, look-up tables
     assert all("lookup_pairs" in e for e in examples)
     trainer, loss = train_on_examples(tiny_model_dir, examples, tmp_path / "warm", settings)
     assert trainer.state.global_step == 2 and loss is not None

@@ -1,4 +1,6 @@
-"""Reading drills: demonstrations whose filing shows fresh random figures, graded on the answer only.
+"""Drills: demonstrations rewritten with fresh random content, so that copying is the only way to score.
+
+Reading drills: demonstrations whose filing shows fresh random figures, graded on the answer only.
 
 A 1M-parameter model shown the same 300 filings for several epochs memorises "Henderson Q3 2025 →
 19.7%" instead of learning to copy the figure that the read returned. A drill takes a good
@@ -6,6 +8,12 @@ look-up demonstration and rewrites the highlight figures in the tool results (th
 same filing's search snippet) to new random values, so the only way to answer is to copy. New
 values every epoch make memorising impossible. The loss is on the final answer only: the drill's
 tool calls are the original demonstration's, already trained on.
+
+Query drills: the same for the first search. Measured on the warm-started model, most failed
+rollouts searched for the wrong company ("Brannock" for a question about Meridian Biotech): 320
+demonstrations teach which companies exist, not that the query names the one in the question. A
+query drill swaps the question's company (and its period and metric where the question names them
+as the query does) for other ones and ends at the search call, with the loss on that call only.
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ from __future__ import annotations
 import copy
 import random
 import re
+from dataclasses import dataclass
 from typing import Any
 
+from ..data.facts import Period
 from .scripted import Demonstration
 
 _HIGHLIGHT = re.compile(r"^(?P<indent>\s*)(?P<label>[A-Z][A-Za-z ]+): (?P<value>-?\$?-?[\d.,]+[%MB])$", re.M)
@@ -89,4 +99,89 @@ def make_drills(
     return drills
 
 
-__all__ = ["drill_from", "drill_sources", "make_drills", "random_figure"]
+_PERIOD = re.compile(r"^(?:Q(?P<quarter>[1-4]) (?P<year>\d{4})|FY(?P<fy>\d{4})) (?P<metric>.+)$")
+
+
+@dataclass(frozen=True)
+class QuerySource:
+    """A demonstration whose first call searches ``company period metric``."""
+
+    demo: Demonstration
+    company: str
+    period: Period
+    metric: str
+    period_form: str | None
+    """How the question names the period (``Q3 2025``, ``the third quarter of 2025``); None if otherwise."""
+    metric_named: bool
+    """Whether the question names the metric as the query does (``operating income``)."""
+
+
+def _first_search(demo: Demonstration) -> tuple[int, dict[str, Any]] | None:
+    for i, message in enumerate(demo.messages):
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            function = message["tool_calls"][0]["function"]
+            return (i, function) if function["name"] == "search" else None
+    return None
+
+
+def query_sources(demos: list[Demonstration], companies: list[str], metrics: list[str]) -> list[QuerySource]:
+    """Demonstrations a query drill can be built on: the first search names the question's company.
+
+    ``metrics`` are the metric names a drill may swap (plain ones such as ``net income``)."""
+    sources = []
+    for demo in demos:
+        found = _first_search(demo)
+        if found is None or len(demo.messages) < 2:
+            continue
+        question, query = demo.messages[1]["content"], str(found[1]["arguments"].get("query", ""))
+        company = next((c for c in companies if query.startswith(c + " ") and c in question), None)
+        parsed = _PERIOD.match(query[len(company) + 1:]) if company else None
+        if company is None or parsed is None:
+            continue
+        quarter = int(parsed["quarter"]) if parsed["quarter"] else None
+        period = Period(int(parsed["year"] or parsed["fy"]), quarter)
+        metric = parsed["metric"]
+        form = next((f for f in (period.label, period.words) if f in question), None)
+        sources.append(QuerySource(demo, company, period, metric, form,
+                                   metric in metrics and f" {metric}" in question))
+    return sources
+
+
+def _possessive(name: str) -> str:
+    return name + ("'" if name.endswith("s") else "'s")
+
+
+def query_drill_from(source: QuerySource, companies: list[str], periods: list[Period], metrics: list[str],
+                     rng: random.Random) -> list[dict[str, Any]]:
+    """System, question and first search call with another company (and period and metric) in both."""
+    index, _ = _first_search(source.demo) or (0, {})
+    question = source.demo.messages[1]["content"]
+    company = rng.choice([c for c in companies if c not in question] or [source.company])
+    question = question.replace(_possessive(source.company), _possessive(company)).replace(source.company, company)
+    period, metric = source.period, source.metric
+    if source.period_form is not None and periods:
+        period = rng.choice(periods)
+        question = question.replace(source.period_form,
+                                    period.label if source.period_form == source.period.label else period.words)
+    if source.metric_named and metrics:
+        metric = rng.choice(metrics)
+        question = question.replace(f" {source.metric}", f" {metric}", 1)
+    messages = copy.deepcopy(source.demo.messages[: index + 1])
+    messages[1]["content"] = question
+    call = messages[index]["tool_calls"][0]["function"]
+    call["arguments"] = {**call["arguments"], "query": f"{company} {period.label} {metric}"}
+    return messages
+
+
+def make_query_drills(sources: list[QuerySource], n: int, rng: random.Random,
+                      ) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """``n`` query drills (messages, tools) on sources drawn with replacement."""
+    companies = sorted({s.company for s in sources})
+    periods = sorted({s.period for s in sources}, key=lambda p: (p.year, p.quarter or 0))
+    metrics = sorted({s.metric for s in sources if s.metric_named})
+    return [(query_drill_from(source, companies, periods, metrics, rng), source.demo.tools)
+            for source in (rng.choice(sources) for _ in range(n if sources else 0))]
+
+
+__all__ = ["QuerySource", "drill_from", "drill_sources", "make_drills", "make_query_drills", "query_drill_from",
+           "query_sources", "random_figure"]

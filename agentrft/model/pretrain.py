@@ -103,6 +103,16 @@ def number_token_ids(tokenizer: Any) -> set[int]:
     return ids - {tokenizer.unk_token_id, None}
 
 
+def name_token_ids(tokenizer: Any, names: list[str]) -> dict[int, int]:
+    """Each name's first token as it starts a JSON string (``Meridian``) → as it follows a space (`` Meridian``)."""
+    out = {}
+    for name in names:
+        bare, spaced = tokenizer.encode(name), tokenizer.encode(" " + name)
+        if bare and spaced:
+            out[bare[0]] = spaced[0]
+    return out
+
+
 def mask_spans(mask: list[int]) -> list[tuple[int, int]]:
     """``(start, end)`` of each contiguous run of ones in ``mask`` (end exclusive)."""
     spans, i = [], 0
@@ -117,15 +127,20 @@ def mask_spans(mask: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def lookup_pairs(ids: list[int], mask: list[int], numbers: set[int]) -> list[int]:
+def lookup_pairs(ids: list[int], mask: list[int], numbers: set[int], same: dict[int, int] | None = None) -> list[int]:
     """Flat ``[query, key, ...]`` of each answer span: the position that predicts the answer's first number
-    token, and that token's last occurrence before the span (where a look-up copies it from)."""
+    token, and that token's last occurrence before the span (where a look-up copies it from).
+
+    ``same`` maps a token to the one it is copied from when the two differ: a search query's
+    ``Meridian`` (after a quote) is the question's `` Meridian`` (after a space)."""
+    same = same or {}
     pairs: list[int] = []
     for start, end in mask_spans(mask):
         first = next((k for k in range(start, end) if ids[k] in numbers), None)
         if first is None or first == 0:
             continue
-        source = next((k for k in range(start - 1, -1, -1) if ids[k] == ids[first]), None)
+        wanted = {ids[first], same.get(ids[first], ids[first])}
+        source = next((k for k in range(start - 1, -1, -1) if ids[k] in wanted), None)
         if source is not None:
             pairs += [first - 1, source]
     return pairs

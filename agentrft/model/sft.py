@@ -46,6 +46,9 @@ class WarmStartSettings(BaseModel):
     batch_size: int = Field(default=8, ge=1)
     drills_per_demo: float = Field(default=1.0, ge=0)
     """Reading drills per demonstration per epoch."""
+    query_drills_per_demo: float = Field(default=1.0, ge=0)
+    """Query drills (``drills.make_query_drills``: another company in the question and the search) per
+    demonstration per epoch."""
     lookup_supervision: float = Field(default=1.0, ge=0)
     """Weight of the look-up head's attention loss (``pretrain.LOOKUP_HEAD`` to where each answer's figure
     is copied from); 0 trains on the language-model loss alone."""
@@ -124,28 +127,34 @@ def build_examples(
     tokenizer: Any, demos: list[Demonstration], settings: WarmStartSettings
 ) -> tuple[list[dict[str, list[int]]], int]:
     """Every epoch's demonstrations plus that epoch's fresh drills, tokenized; and the drill count."""
-    from ..data.facts import METRIC_LABELS
-    from .drills import drill_sources, make_drills
-    from .pretrain import lookup_example, lookup_pairs, number_token_ids
+    from ..data.facts import COMPANIES, METRIC_LABELS
+    from .drills import drill_sources, make_drills, make_query_drills, query_sources
+    from .pretrain import lookup_example, lookup_pairs, name_token_ids, number_token_ids
 
     encoded = [encode_example(tokenizer, d.messages, d.tools) for d in demos]
     sources = drill_sources(demos, METRIC_LABELS)
+    labels = list(METRIC_LABELS.values())
+    companies = [c.name for c in COMPANIES]
+    queries = query_sources(demos, companies, [label.lower() for label in labels])
     rng = random.Random(settings.seed)
     per_epoch = int(round(settings.drills_per_demo * len(demos)))
+    query_drills = int(round(settings.query_drills_per_demo * len(demos)))
     tables = int(round(settings.lookup_tables_per_demo * len(demos)))
-    labels = list(METRIC_LABELS.values())
     examples, n_drills = [], 0
     for _ in range(settings.epochs):
         examples += encoded
-        for messages, tools in make_drills(sources, per_epoch, rng):
+        for messages, tools in make_drills(sources, per_epoch, rng) + make_query_drills(queries, query_drills, rng):
             examples.append(encode_example(tokenizer, messages, tools, answer_only=True))
             n_drills += 1
         for _ in range(tables):
             ids, mask = lookup_example(tokenizer, labels, rng)
             examples.append({"input_ids": ids, "assistant_masks": mask})
     if settings.lookup_supervision:
-        numbers = number_token_ids(tokenizer)
-        examples = [{**e, "lookup_pairs": lookup_pairs(e["input_ids"], e["assistant_masks"], numbers)} for e in examples]
+        # what an answer or a search copies first: a figure's digits or a company's name
+        names = name_token_ids(tokenizer, companies)
+        copied = number_token_ids(tokenizer) | set(names) | set(names.values())
+        examples = [{**e, "lookup_pairs": lookup_pairs(e["input_ids"], e["assistant_masks"], copied, names)}
+                    for e in examples]
     return examples, n_drills
 
 

@@ -53,8 +53,21 @@ def _choose(logits: torch.Tensor, settings: RolloutSettings, generator: torch.Ge
         drop = before >= settings.top_p  # keep the smallest prefix whose mass reaches top_p
         scores = scores.scatter(1, order, ordered.masked_fill(drop, float("-inf")))
     logp = torch.log_softmax(scores, dim=-1)
-    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+    tokens = _sample_rows(logp.exp(), generator)
     return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
+
+
+def _sample_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row drawn from ``probs`` by inverting its cumulative sum.
+
+    ``torch.multinomial`` does the same draw at ~5 ms per call for 32 rows of a 4.5k vocabulary on
+    this CPU, a quarter of a decoding step of the tiny model; a cumsum and a binary search take ~0.1 ms.
+    A token of probability 0 is never drawn: its cumulative sum equals its predecessor's.
+    """
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    u = u.clamp_(min=1e-12) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
 class LocalPolicy:

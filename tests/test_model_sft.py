@@ -96,10 +96,17 @@ def test_drills_train_on_a_fresh_answer_only(demos, tokenizer) -> None:
     assert sources
     drills = make_drills(sources, 6, random.Random(1))
     assert len(drills) == 6
+    originals = {demo.messages[1]["content"]: METRIC_LABELS[demo.metric] for demo, _ in sources}
+    swapped = [m for m, _ in drills if m[1]["content"] not in originals]
+    assert swapped  # some drills ask for another line of the filing than their demonstration did
     for messages, tools in drills:
         answer = messages[-1]["content"]
         read = [m for m in messages if m.get("name") == "read"][-1]["content"]
         assert answer in read  # the figure to copy is in what the model read
+        label = answer.split(": ")[0]
+        asked_plainly = [name for name in METRIC_LABELS.values() if f" {name.lower()}" in messages[1]["content"]]
+        if asked_plainly:  # the question asks for the line the answer copies (its metric may be swapped)
+            assert label in asked_plainly
         example = encode_example(tokenizer, messages, tools, answer_only=True)
         assert _masked_text(tokenizer, example) == answer + "<|im_end|>"
 

@@ -57,8 +57,13 @@ def _rewrite_search(text: str, path: str, values: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def drill_from(demo: Demonstration, label: str, rng: random.Random) -> list[dict[str, Any]] | None:
-    """A drill built on ``demo``: new figures in its evidence, the asked ``label``'s figure as answer."""
+def drill_from(demo: Demonstration, label: str, rng: random.Random, swap_metric: bool = True,
+               ) -> list[dict[str, Any]] | None:
+    """A drill built on ``demo``: new figures in its evidence, the asked ``label``'s figure as answer.
+
+    With ``swap_metric``, the question (and its search) ask for another line of the same filing where
+    the question names the metric plainly (``operating income``): which line to copy is then read
+    from the question too, not remembered from the demonstration."""
     read_index = max((i for i, m in enumerate(demo.messages) if m.get("name") == "read"), default=None)
     if read_index is None:
         return None
@@ -72,6 +77,16 @@ def drill_from(demo: Demonstration, label: str, rng: random.Random) -> list[dict
     for message in messages:
         if message.get("name") == "search":
             message["content"] = _rewrite_search(message["content"], path, values)
+    question = messages[1]["content"]
+    if swap_metric and f" {label.lower()}" in question:
+        asked = rng.choice(sorted(old))
+        messages[1]["content"] = question.replace(f" {label.lower()}", f" {asked.lower()}", 1)
+        for message in messages:
+            for call in message.get("tool_calls") or []:
+                arguments = call["function"]["arguments"]
+                if call["function"]["name"] == "search" and isinstance(arguments.get("query"), str):
+                    arguments["query"] = arguments["query"].replace(label.lower(), asked.lower())
+        label = asked
     messages[read_index]["content"] = _rewrite(read, values)
     messages[-1] = {"role": "assistant", "content": f"{label}: {values[label]}"}
     return messages

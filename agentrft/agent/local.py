@@ -70,6 +70,53 @@ def _sample_rows(probs: torch.Tensor, generator: torch.Generator | None) -> torc
     return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
+def _preallocated_layer(capacity: int) -> Any:
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        """A full-attention cache layer whose keys and values live in a buffer sized for the whole turn.
+
+        transformers' ``DynamicLayer`` appends each decoding step with ``torch.cat``, which copies the
+        whole cache every step; here a step writes one column of the buffer and the layer hands out a
+        view of the filled part (measured: ~1.8 ms of a ~17 ms step, 32 rows of the tiny model).
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[-2]
+            if self.length == 0 or end > self._k.shape[-2]:
+                size = max(end, self.capacity)
+                kept_k, kept_v = self.keys, self.values  # what is filled so far
+                self._k = key_states.new_zeros((*key_states.shape[:2], size, key_states.shape[-1]))
+                self._v = value_states.new_zeros((*value_states.shape[:2], size, value_states.shape[-1]))
+                if self.length:
+                    self._k[:, :, : self.length] = kept_k
+                    self._v[:, :, : self.length] = kept_v
+            self._k[:, :, self.length : end] = key_states
+            self._v[:, :, self.length : end] = value_states
+            self.length = end
+            self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+            return self.keys, self.values
+
+    return PreallocatedLayer()
+
+
+def _new_cache(model: Any, capacity: int) -> Any:
+    """A ``DynamicCache`` for ``model``; its full-attention layers preallocated for ``capacity`` tokens."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [_preallocated_layer(capacity) for _ in cache.layers]
+    return cache
+
+
 class LocalPolicy:
     """A local transformers model (CPU or GPU, plain or peft-wrapped) as the policy.
 
@@ -174,8 +221,6 @@ class LocalPolicy:
         the episode's ``_KVState``. Layout of row ``i``: ``[pad | cached_i | pad | new_i | generated]``;
         the attention mask hides the pads and ``position_ids`` count real tokens only.
         """
-        from transformers import DynamicCache
-
         device = self.device
         rows = len(batch)
         states = [e.policy_state if isinstance(e.policy_state, _KVState) else None for e in batch]
@@ -192,7 +237,7 @@ class LocalPolicy:
             mask[i, width_cached + width_new - len(new) : width_cached + width_new] = 1
             input_ids[i, width_new - len(new) :] = torch.tensor(new, dtype=torch.long)
             positions[i, width_new - len(new) :] = torch.arange(c, c + len(new))
-        cache = DynamicCache(config=self.model.config)
+        cache = _new_cache(self.model, total)
         if width_cached:
             reference = next(s for s in states if s is not None).layers
             for layer, (keys, values) in enumerate(reference):
@@ -240,7 +285,7 @@ class LocalPolicy:
                      generated: list[list[int]], width_cached: int, width_new: int) -> None:
         """Store, per episode, the keys and values of the tokens it has fed so far (pads left out)."""
         layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        if not layers or any(type(layer).__name__ not in ("DynamicLayer", "PreallocatedLayer") for layer in layers):
             return  # sliding-window or other special caches: recompute each turn instead
         for i, episode in enumerate(batch):
             keep = torch.cat([

@@ -5,12 +5,15 @@ Both servers run in their own process on the same synthetic corpus (``agentrft d
 
 - baseline: written like the tutorial's skeleton: the async handler embeds its query inline (on the
   event loop), so requests are served one at a time;
-- agentrft: ``agentrft.tools.server`` with the query micro-batcher (embedding in a worker thread,
-  concurrent queries embedded together).
+- agentrft: ``agentrft.tools.server`` with the query micro-batcher (embedding in one worker thread
+  per core, concurrent queries embedded together).
 
 Every request carries a query no earlier request used (and the query cache is off on both servers),
-so the numbers measure serving, not caching. Clients are asyncio tasks that send requests back to back
-for a fixed time at each concurrency level. Run: ``python bench/tools_server.py [--seconds 4]``.
+so the numbers measure serving, not caching. ``--group 8`` sends each query 8 times in a row instead,
+as the 8 rollouts of a GRPO group searching for the same thing do, with agentrft's query cache on.
+Clients are asyncio tasks that send requests back to back for a fixed time at each concurrency
+level, measured after a second of warm-up on the same connections.
+Run: ``python bench/tools_server.py [--seconds 4] [--group 8]``.
 """
 
 import argparse
@@ -68,19 +71,20 @@ def baseline_app(corpus_dir: Path):
     return app
 
 
-def agentrft_app(corpus_dir: Path):
+def agentrft_app(corpus_dir: Path, cache: bool = False):
     from agentrft.tools.filings import FilingsTools
     from agentrft.tools.server import create_app
 
     tools = FilingsTools(corpus_dir).prepare()
-    tools._index.query_cache_size = 0  # measure serving, not the cache
+    if not cache:
+        tools._index.query_cache_size = 0  # measure serving, not the cache
     return create_app(tools.registry(), TOKEN)
 
 
 def serve(kind: str, corpus_dir: Path, port: int) -> None:
     import uvicorn
 
-    app = baseline_app(corpus_dir) if kind == "baseline" else agentrft_app(corpus_dir)
+    app = baseline_app(corpus_dir) if kind == "baseline" else agentrft_app(corpus_dir, cache=kind == "agentrft-cache")
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, backlog=4096)
 
 
@@ -111,8 +115,9 @@ def start(kind: str, corpus_dir: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"{kind} server did not start")
 
 
-def query_stream(seed: int):
-    """Distinct research-style queries: company × metric × period × phrasing, then numbered."""
+def query_stream(seed: int, group: int = 1):
+    """Distinct research-style queries (company × metric × period × phrasing, then numbered), each
+    ``group`` times in a row."""
     companies = ["Henderson Industries", "Atlas Corp", "Meridian Biotech", "Larkspur Foods", "Brannock Energy",
                  "Ostrander Retail", "Quillon Software", "Tessaly Materials"]
     metrics = ["revenue", "gross margin", "operating margin", "net income", "operating income", "gross profit",
@@ -125,7 +130,8 @@ def query_stream(seed: int):
     for round_ in itertools.count():
         for c, m, p, f in combos:
             text = f.format(c=c, m=m, p=p)
-            yield text if round_ == 0 else f"{text} ({round_})"
+            for _ in range(group):
+                yield text if round_ == 0 else f"{text} ({round_})"
 
 
 class Connection:
@@ -217,11 +223,11 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def bench(corpus_dir: Path, seconds: float) -> dict[str, dict[int, dict[str, float]]]:
+def bench(corpus_dir: Path, seconds: float, group: int = 1) -> dict[str, dict[int, dict[str, float]]]:
     results: dict[str, dict[int, dict[str, float]]] = {}
-    queries = query_stream(0)
+    queries = query_stream(0, group)
     for kind in ("baseline", "agentrft"):
-        proc, url = start(kind, corpus_dir)
+        proc, url = start(kind if kind == "baseline" or group == 1 else "agentrft-cache", corpus_dir)
         try:
             results[kind] = {}
             for clients in LEVELS:
@@ -252,7 +258,10 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="corpus directory (default: synth, 8 companies)")
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per concurrency level")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--serve", choices=["baseline", "agentrft"], help=argparse.SUPPRESS)
+    parser.add_argument("--group", type=int, default=1,
+                        help="each query sent this many times in a row, as a GRPO group's rollouts do; "
+                             "agentrft's query cache on (the baseline has none)")
+    parser.add_argument("--serve", choices=["baseline", "agentrft", "agentrft-cache"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -268,8 +277,8 @@ def main() -> None:
             synth(Path(tmp), companies=8, seed=0)
             corpus = Path(tmp) / "corpus"
         print(f"corpus {corpus}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
-              f"{args.seconds:g}s per level")
-        results = bench(corpus, args.seconds)
+              f"{args.seconds:g}s per level" + (f", each query sent {args.group} times" if args.group > 1 else ""))
+        results = bench(corpus, args.seconds, args.group)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

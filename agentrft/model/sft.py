@@ -62,6 +62,9 @@ class WarmStartSettings(BaseModel):
     seed: int = 0
     threads: int = 2
     """torch CPU threads."""
+    bf16: bool | None = None
+    """Matrix products in bfloat16 (autocast; weights stay fp32). None: where the CPU does bf16 natively
+    (measured on an AVX512-BF16 core: 1.5x faster steps)."""
 
 
 
@@ -241,6 +244,8 @@ def train_on_examples(
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    from ..hardware import cpu_has_native_bf16
+
     torch.set_num_threads(settings.threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -264,7 +269,7 @@ def train_on_examples(
         disable_tqdm=True,
         activation_checkpointing=False,  # TRL turns it on by default; for 1M parameters it only costs time
         remove_unused_columns=False,  # keep ``lookup_pairs`` for the look-up loss
-        bf16=False,
+        bf16=settings.bf16 if settings.bf16 is not None else cpu_has_native_bf16(),
     )
     supervised = settings.lookup_supervision > 0 and any("lookup_pairs" in e for e in examples)
     if supervised:

@@ -76,10 +76,9 @@ def _fast_matmuls():
     """
     import torch
 
-    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    from ..hardware import cpu_has_native_bf16
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_native_bf16() else contextlib.nullcontext()
 
 
 def _index_text(chunk: Chunk, titles: dict[str, str]) -> str:

@@ -54,7 +54,7 @@ def sft_command(
     tools_url: str = typer.Option(..., "--tools-url", help="Base URL of the running tool server."),
     out: Path = typer.Option(..., "--out", help="Where the warm-started model is saved."),
     token_file: Path | None = typer.Option(None, "--token-file", help="Bearer token file (default: $TOOL_BEARER)."),
-    epochs: int = typer.Option(8, help="Passes over the demonstrations (fresh drills each pass)."),
+    epochs: int | None = typer.Option(None, min=1, help="Passes over the demonstrations (fresh drills each pass); default 12."),
     learning_rate: float = typer.Option(1e-3, "--lr", help="Learning rate."),
     seed: int = typer.Option(0, help="Seed of the strategy mixture, drills and training."),
 ) -> None:
@@ -71,8 +71,9 @@ def sft_command(
     if not row_list:
         raise UserError(f"{rows}: no rows to demonstrate on")
     token = resolve_token(token_file, no_auth=True)
-    settings = WarmStartSettings(epochs=epochs, learning_rate=learning_rate, seed=seed)
-    console.print(f"Demonstrating on {len(row_list)} rows against {tools_url}, then {epochs} epochs of SFT ...")
+    chosen = {"epochs": epochs} if epochs is not None else {}
+    settings = WarmStartSettings(learning_rate=learning_rate, seed=seed, **chosen)
+    console.print(f"Demonstrating on {len(row_list)} rows against {tools_url}, then {settings.epochs} epochs of SFT ...")
     try:
         result = warm_start(model, row_list, tools_url, out, token=token, settings=settings)
     except ToolServerUnavailable as exc:

@@ -39,8 +39,9 @@ class WarmStartSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(default=8, ge=1)
-    """Passes over the demonstrations; each pass gets its own freshly drawn drills."""
+    epochs: int = Field(default=12, ge=1)
+    """Passes over the demonstrations; each pass gets its own freshly drawn drills. Measured on the
+    demo's data: 8 epochs left no row always solved at the answer level, 12 gave 2 of 40."""
     learning_rate: float = Field(default=1e-3, gt=0)
     """1e-3 trains the 1M-parameter model reliably; 2e-3 was measured to be unstable."""
     batch_size: int = Field(default=8, ge=1)

@@ -31,10 +31,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the repository
 GRADER = EXAMPLES / "graders" / "answer_and_tools.yaml"
 """0.8 × the numeric answer + 0.2 × tool use with the evidence read: the answer, and a little the way
 it was found; with a real model the numeric grader alone is the tutorial's choice."""
-EVIDENCE_FOUND = 0.2
-"""The prior check's success line for the tiny model: the tool-use part in full (evidence read). The
-tiny model copies the asked figure in ~40% of reading drills but reads the right filing in only a
-minority of rollouts, so a correct answer alone is still rare (2/40 rows)."""
+ANSWER_RIGHT = 0.8
+"""The prior check's success line: the numeric part in full, i.e. the right figure, whatever the tool
+use scored. Measured on the warm-started tiny model (40 rows × 5 rollouts): 2 rows always solved,
+11 sometimes, 27 never."""
 
 
 class StepFailed(Exception):
@@ -170,7 +170,7 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
         write_config(demo, base)
         agentrft("config", "check", demo.config)
     with step(demo, "Step 1 · prior check"):
-        agentrft("prior-check", demo.config, "--n", 40, "--rollouts", 5, "--threshold", EVIDENCE_FOUND,
+        agentrft("prior-check", demo.config, "--n", 40, "--rollouts", 5, "--threshold", ANSWER_RIGHT,
                  "--out", demo.out / "prior.jsonl")
     with step(demo, "Step 6 · train"):
         if demo.run_dir.exists():  # the demo's own run from an earlier `make demo`: start afresh

@@ -197,13 +197,22 @@ def _progress_line() -> Any:
     return ProgressLine()
 
 
-def _lookup_supervised_trainer(weight: float) -> Any:
-    """SFTTrainer plus the look-up head's attention loss on examples that carry ``lookup_pairs``."""
+def _warm_start_trainer(weight: float) -> Any:
+    """SFTTrainer with the model's own cross-entropy, plus the look-up head's attention loss on examples
+    that carry ``lookup_pairs`` (``weight`` 0: none).
+
+    Why not SFTTrainer's own loss: it computes the log-probs through TRL's chunked "fused LM head"
+    (tiles of the vocabulary, fp32 copies, the logits recomputed in the backward pass), built to spare
+    a large model's memory. On the 4.5k-vocabulary tiny model it was most of a step (profiled: 12 of
+    27 s for 60 steps in its forward and backward tiles). The loss is the same: the mean
+    cross-entropy over the assistant tokens (labels -100 elsewhere), summed over the batch and
+    divided by the number of such tokens."""
+    from transformers import Trainer
     from trl import SFTTrainer
 
     from .pretrain import LOOKUP_HEAD, lookup_attention_nll, pad_pairs
 
-    class LookupSupervisedSFTTrainer(SFTTrainer):
+    class WarmStartTrainer(SFTTrainer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             inner = self.data_collator
@@ -211,7 +220,8 @@ def _lookup_supervised_trainer(weight: float) -> Any:
             def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
                 pairs = [list(e.pop("lookup_pairs", [])) for e in examples]
                 batch = inner(examples)
-                batch["lookup_pairs"] = pad_pairs(pairs)
+                if weight:
+                    batch["lookup_pairs"] = pad_pairs(pairs)
                 return batch
 
             self.data_collator = collate
@@ -219,20 +229,23 @@ def _lookup_supervised_trainer(weight: float) -> Any:
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             pairs = inputs.pop("lookup_pairs", None)
+            inputs["use_cache"] = False
+            if pairs is None or not model.training:
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             layer, head = LOOKUP_HEAD
             captured: list[Any] = []
             attention = self.accelerator.unwrap_model(model).model.layers[layer].self_attn
             hook = attention.register_forward_hook(lambda _m, _a, out: captured.append(out[1]))
             try:
-                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                result = Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             finally:
                 hook.remove()
-            if pairs is None or not captured or captured[0] is None or not model.training:
+            if not captured or captured[0] is None:
                 return result
             aux = weight * lookup_attention_nll(captured[0][:, head], pairs.to(captured[0].device))
             return (result[0] + aux, result[1]) if return_outputs else result + aux
 
-    return LookupSupervisedSFTTrainer
+    return WarmStartTrainer
 
 
 def train_on_examples(
@@ -243,7 +256,7 @@ def train_on_examples(
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from ..hardware import cpu_has_native_bf16
 
@@ -275,8 +288,7 @@ def train_on_examples(
     supervised = settings.lookup_supervision > 0 and any("lookup_pairs" in e for e in examples)
     if supervised:
         model.set_attn_implementation("eager")  # the look-up loss needs the head's attention weights
-    trainer_class = _lookup_supervised_trainer(settings.lookup_supervision) if supervised else SFTTrainer
-    trainer = trainer_class(
+    trainer = _warm_start_trainer(settings.lookup_supervision if supervised else 0.0)(
         model=model, args=config, train_dataset=Dataset.from_list(examples), processing_class=tokenizer
     )
     trainer.remove_callback(PrinterCallback)  # one short line per log step instead of a dict

@@ -57,13 +57,17 @@ def _rewrite_search(text: str, path: str, values: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def drill_from(demo: Demonstration, label: str, rng: random.Random, swap_metric: bool = True,
-               ) -> list[dict[str, Any]] | None:
+def _ask_instead(question: str, metric: str, other: str) -> str:
+    """``question`` asking for ``other`` where it named ``metric`` (the first time)."""
+    return question.replace(f" {metric}", f" {other}", 1)
+
+
+def drill_from(demo: Demonstration, label: str, rng: random.Random) -> list[dict[str, Any]] | None:
     """A drill built on ``demo``: new figures in its evidence, the asked ``label``'s figure as answer.
 
-    With ``swap_metric``, the question (and its search) ask for another line of the same filing where
-    the question names the metric plainly (``operating income``): which line to copy is then read
-    from the question too, not remembered from the demonstration."""
+    Where the question names the metric plainly (``operating income``), the question and its search
+    ask for another line of the same filing: which line to copy is then read from the question too,
+    not remembered from the demonstration."""
     read_index = max((i for i, m in enumerate(demo.messages) if m.get("name") == "read"), default=None)
     if read_index is None:
         return None
@@ -78,9 +82,9 @@ def drill_from(demo: Demonstration, label: str, rng: random.Random, swap_metric:
         if message.get("name") == "search":
             message["content"] = _rewrite_search(message["content"], path, values)
     question = messages[1]["content"]
-    if swap_metric and f" {label.lower()}" in question:
+    if f" {label.lower()}" in question:
         asked = rng.choice(sorted(old))
-        messages[1]["content"] = question.replace(f" {label.lower()}", f" {asked.lower()}", 1)
+        messages[1]["content"] = _ask_instead(question, label.lower(), asked.lower())
         for message in messages:
             for call in message.get("tool_calls") or []:
                 arguments = call["function"]["arguments"]
@@ -122,6 +126,8 @@ class QuerySource:
     """A demonstration whose first call searches ``company period metric``."""
 
     demo: Demonstration
+    call_index: int
+    """Where the first search call is in ``demo.messages``."""
     company: str
     period: Period
     metric: str
@@ -157,7 +163,7 @@ def query_sources(demos: list[Demonstration], companies: list[str], metrics: lis
         period = Period(int(parsed["year"] or parsed["fy"]), quarter)
         metric = parsed["metric"]
         form = next((f for f in (period.label, period.words) if f in question), None)
-        sources.append(QuerySource(demo, company, period, metric, form,
+        sources.append(QuerySource(demo, found[0], company, period, metric, form,
                                    metric in metrics and f" {metric}" in question))
     return sources
 
@@ -169,7 +175,7 @@ def _possessive(name: str) -> str:
 def query_drill_from(source: QuerySource, companies: list[str], periods: list[Period], metrics: list[str],
                      rng: random.Random) -> list[dict[str, Any]]:
     """System, question and first search call with another company (and period and metric) in both."""
-    index, _ = _first_search(source.demo) or (0, {})
+    index = source.call_index
     question = source.demo.messages[1]["content"]
     company = rng.choice([c for c in companies if c not in question] or [source.company])
     question = question.replace(_possessive(source.company), _possessive(company)).replace(source.company, company)
@@ -180,7 +186,7 @@ def query_drill_from(source: QuerySource, companies: list[str], periods: list[Pe
                                     period.label if source.period_form == source.period.label else period.words)
     if source.metric_named and metrics:
         metric = rng.choice(metrics)
-        question = question.replace(f" {source.metric}", f" {metric}", 1)
+        question = _ask_instead(question, source.metric, metric)
     messages = copy.deepcopy(source.demo.messages[: index + 1])
     messages[1]["content"] = question
     call = messages[index]["tool_calls"][0]["function"]

@@ -232,18 +232,12 @@ def _warm_start_trainer(weight: float) -> Any:
             inputs["use_cache"] = False
             if pairs is None or not model.training:
                 return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            # as in pretraining: the attention weights come back with the outputs (eager attention)
+            loss, outputs = Trainer.compute_loss(self, model, {**inputs, "output_attentions": True}, True,
+                                                 num_items_in_batch)
             layer, head = LOOKUP_HEAD
-            captured: list[Any] = []
-            attention = self.accelerator.unwrap_model(model).model.layers[layer].self_attn
-            hook = attention.register_forward_hook(lambda _m, _a, out: captured.append(out[1]))
-            try:
-                result = Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-            finally:
-                hook.remove()
-            if not captured or captured[0] is None:
-                return result
-            aux = weight * lookup_attention_nll(captured[0][:, head], pairs.to(captured[0].device))
-            return (result[0] + aux, result[1]) if return_outputs else result + aux
+            loss = loss + weight * lookup_attention_nll(outputs.attentions[layer][:, head], pairs.to(loss.device))
+            return (loss, outputs) if return_outputs else loss
 
     return WarmStartTrainer
 

@@ -72,3 +72,34 @@ def test_supervised_attention_forms_a_previous_token_head(tiny_model_dir: Path, 
     assert before < 0.2 and after > 0.6, (before, after)
     assert history["induction"][-1] < history["induction"][0]
     assert model.config._attn_implementation == "sdpa"  # restored for the rest of the pipeline
+
+
+def test_causal_lm_loss_equals_the_models_own_loss_and_gradients(tiny_model_dir: Path, tokenizer) -> None:
+    """The LM head on the labelled positions alone gives the model's loss (mean, and sum over a count)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    inputs, _ = pretrain._lookup_batch(tokenizer, ["Revenue", "Net income"], random.Random(0), 4,
+                                       pretrain.number_token_ids(tokenizer))
+    assert (inputs["attention_mask"] == 0).any() and (inputs["labels"] == -100).float().mean() > 0.5
+    count = torch.tensor(40)
+
+    def loss_and_grad(fast: bool, num_items=None):
+        model.zero_grad()
+        if fast:
+            loss, _ = pretrain.causal_lm_loss(model, inputs, num_items)
+        else:
+            extra = {"num_items_in_batch": num_items} if num_items is not None else {}
+            loss = model(**inputs, **extra).loss
+        loss.backward()
+        return loss.item(), model.model.layers[0].mlp.down_proj.weight.grad.clone()
+
+    for num_items in (None, count):
+        (fast, fast_grad), (own, own_grad) = loss_and_grad(True, num_items), loss_and_grad(False, num_items)
+        assert abs(fast - own) < 1e-5 * max(1.0, abs(own)), (num_items, fast, own)
+        assert torch.allclose(fast_grad, own_grad, atol=1e-6, rtol=1e-4)
+    mean = model(**inputs).loss.item()
+    model.config.model_type = "unknown"  # any other architecture takes the model's own loss
+    assert abs(pretrain.causal_lm_loss(model, inputs)[0].item() - mean) < 1e-6
+

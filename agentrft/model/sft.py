@@ -198,8 +198,8 @@ def _progress_line() -> Any:
 
 
 def _warm_start_trainer(weight: float) -> Any:
-    """SFTTrainer with the model's own cross-entropy, plus the look-up head's attention loss on examples
-    that carry ``lookup_pairs`` (``weight`` 0: none).
+    """SFTTrainer with a plain cross-entropy (``pretrain.causal_lm_loss``: the LM head only where a label
+    is), plus the look-up head's attention loss on examples that carry ``lookup_pairs`` (``weight`` 0: none).
 
     Why not SFTTrainer's own loss: it computes the log-probs through TRL's chunked "fused LM head"
     (tiles of the vocabulary, fp32 copies, the logits recomputed in the backward pass), built to spare
@@ -207,10 +207,9 @@ def _warm_start_trainer(weight: float) -> Any:
     27 s for 60 steps in its forward and backward tiles). The loss is the same: the mean
     cross-entropy over the assistant tokens (labels -100 elsewhere), summed over the batch and
     divided by the number of such tokens."""
-    from transformers import Trainer
     from trl import SFTTrainer
 
-    from .pretrain import LOOKUP_HEAD, lookup_attention_nll, pad_pairs
+    from .pretrain import LOOKUP_HEAD, causal_lm_loss, lookup_attention_nll, pad_pairs
 
     class WarmStartTrainer(SFTTrainer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -229,14 +228,12 @@ def _warm_start_trainer(weight: float) -> Any:
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             pairs = inputs.pop("lookup_pairs", None)
-            inputs["use_cache"] = False
-            if pairs is None or not model.training:
-                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            supervise = pairs is not None and model.training
             # as in pretraining: the attention weights come back with the outputs (eager attention)
-            loss, outputs = Trainer.compute_loss(self, model, {**inputs, "output_attentions": True}, True,
-                                                 num_items_in_batch)
-            layer, head = LOOKUP_HEAD
-            loss = loss + weight * lookup_attention_nll(outputs.attentions[layer][:, head], pairs.to(loss.device))
+            loss, outputs = causal_lm_loss(model, inputs, num_items_in_batch, output_attentions=supervise)
+            if supervise:
+                layer, head = LOOKUP_HEAD
+                loss = loss + weight * lookup_attention_nll(outputs.attentions[layer][:, head], pairs.to(loss.device))
             return (loss, outputs) if return_outputs else loss
 
     return WarmStartTrainer

@@ -2,11 +2,13 @@
 
 Both loops drive the same model object (a warm-started tiny Qwen2, so it really calls tools) on the
 same rows against the same tool server, whose three filings tools each wait 50 ms before answering
-(a stand-in for a real tool's network and compute time). 32 trajectories: 8 rows × 4 samples, as one
-GRPO generation batch.
+(a stand-in for a real tool's network and compute time). The server is agentrft's own, with its
+batched search, in a process of its own as ``agentrft tools serve`` would be. 32 trajectories: 8 rows
+× 4 samples, as one GRPO generation batch.
 
 - agentrft: ``run_rollouts`` with a ``LocalPolicy``: one batched ``generate`` per turn across all
-  unfinished rollouts, then every pending tool call of the turn concurrently over HTTP.
+  unfinished rollouts; each rollout's tool calls start over HTTP as soon as its turn is generated,
+  all of them concurrently.
 - TRL: ``GRPOTrainer(tools=[search, list, read])`` and its generation path (``_generate``: batched
   first turn, then ``_tool_call_loop``, which runs tool calls one sample at a time). Its tools are
   plain functions posting to the same server with a pooled httpx client.
@@ -24,13 +26,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import inspect
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,28 +49,53 @@ sys.path.insert(0, str(ROOT))
 TOKEN = "bench-token"
 
 
-def slow_filings(corpus_dir: Path, latency_s: float, read_budget: int) -> object:
-    """The filings tools, each answering after ``latency_s`` (without holding the server's event loop)."""
+def slow_registry(corpus_dir: Path, latency_s: float, read_budget: int) -> Any:
+    """agentrft's filings tools as ``agentrft tools serve`` has them (search through the query batcher),
+    each answering ``latency_s`` later, without holding the server's event loop."""
     from agentrft.tools.filings import FilingsTools
 
-    tools = FilingsTools(corpus_dir, read_budget).prepare()
+    registry = FilingsTools(corpus_dir, read_budget).registry()
+    for tool in registry.tools.values():
+        inner = dataclasses.replace(tool)
 
-    class SlowFilings:
-        async def search(self, query: str, top_k: int = 3) -> str:
+        async def delayed(_inner: Any = inner, **arguments: Any) -> str:
             await asyncio.sleep(latency_s)
-            return await asyncio.to_thread(tools.search, query, top_k)
+            return await _inner.run(arguments)
 
-        async def list(self, prefix: str = "") -> str:
-            await asyncio.sleep(latency_s)
-            return tools.list(prefix)
+        tool.impl = delayed
+    return registry
 
-        async def read(self, path: str) -> str:
-            await asyncio.sleep(latency_s)
-            return tools.read(path)
 
-    for name in ("search", "list", "read"):
-        getattr(SlowFilings, name).__doc__ = getattr(FilingsTools, name).__doc__
-    return SlowFilings()
+def _serve(corpus_dir: Path, latency_s: float, read_budget: int, threads: int, pipe: Any) -> None:
+    """Child process: serve the slow tools on loopback, send the URL, serve until told to stop."""
+    import torch
+
+    from agentrft.tools.server import create_app
+    from agentrft.tools.testing import serve_app
+
+    torch.set_num_threads(threads)
+    with serve_app(create_app(slow_registry(corpus_dir, latency_s, read_budget), TOKEN)) as url:
+        pipe.send(url)
+        pipe.recv()
+
+
+@contextlib.contextmanager
+def tool_server_process(corpus_dir: Path, latency_s: float, read_budget: int, threads: int) -> Iterator[str]:
+    """The tool server in its own process, as a deployment runs ``agentrft tools serve``: in the benchmark's
+    process its search threads would take turns at the GIL with whichever loop is generating."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_serve, args=(corpus_dir, latency_s, read_budget, threads, child), daemon=True)
+    process.start()
+    try:
+        if not parent.poll(120):
+            raise RuntimeError("the tool server process did not start")
+        yield parent.recv()
+    finally:
+        parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.kill()
 
 
 def trl_tools(url: str) -> list[Any]:
@@ -221,7 +252,6 @@ def main() -> None:
     from agentrft.jsonl import read_models
     from agentrft.model import prompts
     from agentrft.schema import Row
-    from agentrft.tools.testing import running_server
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
@@ -234,8 +264,7 @@ def main() -> None:
         temperature=prompts.TEMPERATURE,
         seed=0,
     )
-    slow = slow_filings(work / "corpus", args.latency_ms / 1000, prompts.READ_BUDGET_CHARS)
-    with running_server(tools=slow, token=TOKEN) as url:
+    with tool_server_process(work / "corpus", args.latency_ms / 1000, prompts.READ_BUDGET_CHARS, args.threads) as url:
         model_dir = ensure_model(args.model, work, url)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

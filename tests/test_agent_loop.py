@@ -239,6 +239,48 @@ def test_kept_kv_cache_gives_what_recomputing_the_conversation_gives(model_and_t
     assert ours[:cut] == reference.tolist()[:cut]
 
 
+def test_rows_that_finish_leave_the_batch_and_are_handed_over_first(model_and_tokenizer, rows):
+    """Rows with less room finish first: they are handed over (``on_reply``) while the others still
+    decode, the decoding batch shrinks, and each row's greedy turn is what it generates alone."""
+    import torch
+
+    from agentrft.agent.loop import default_system_prompt, new_episode
+    from agentrft.agent.policy import LocalPolicy
+
+    model, tokenizer = model_and_tokenizer
+    policy = LocalPolicy(model, tokenizer)
+    policy.stop_ids = [policy.pad_id]  # a token this model never emits: each row runs to its own limit
+    episodes = [new_episode(row, 0, default_system_prompt(), []) for row in rows[:4]]
+    lengths = [len(tokenizer.apply_chat_template(e.messages, tokenize=True, add_generation_prompt=True,
+                                                  return_dict=True)["input_ids"]) for e in episodes]
+    # a token budget that leaves each row a different number of tokens to generate (at most 12)
+    settings = RolloutSettings(temperature=0, max_new_tokens=12, max_trajectory_tokens=max(lengths) + 3)
+    batch_sizes: list[int] = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        batch_sizes.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    handed: list[int] = []
+    model.forward = spy
+    try:
+        replies = policy.generate_sync(episodes, settings, on_reply=lambda index, reply: handed.append(index))
+    finally:
+        del model.forward
+    generated = [e.token_ids[e.prompt_length :] for e in episodes]
+    assert sorted(handed) == list(range(len(episodes))) and len(replies) == len(episodes)
+    assert [len(g) for g in generated] != [len(generated[0])] * len(episodes), generated  # they end apart
+    assert [len(generated[i]) for i in handed] == sorted(len(g) for g in generated)
+    assert min(batch_sizes) < len(episodes)  # finished rows left the decoding batch
+    for episode, ids in zip(episodes, generated, strict=True):
+        prompt = torch.tensor([episode.token_ids[: episode.prompt_length]])
+        with torch.no_grad():
+            alone = model.generate(prompt, max_new_tokens=len(ids), do_sample=False, eos_token_id=policy.stop_ids,
+                                   pad_token_id=policy.pad_id)[0, prompt.shape[1] :].tolist()
+        assert ids == alone[: len(ids)]
+
+
 def test_a_peft_model_in_training_mode_can_roll_out(model_and_tokenizer, tool_server, rows):
     """Training hands the policy the LoRA-wrapped model it is updating; it comes back in training mode."""
     import copy

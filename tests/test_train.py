@@ -44,7 +44,8 @@ def scripted_runner(tools_url: str, token: str, max_new_tokens: int = 24) -> Any
     from agentrft.agent.parse import parse_reply
 
     class FirstCallSearches(LocalPolicy):
-        def generate_sync(self, episodes, settings):  # type: ignore[no-untyped-def]
+        def generate_sync(self, episodes, settings, on_reply=None):  # type: ignore[no-untyped-def]
+            # replies come back together at the end (the loop takes those not handed over early)
             first = [e for e in episodes if e.replies == 0]
             rest = [e for e in episodes if e.replies > 0]
             replies = dict(zip(map(id, rest), super().generate_sync(rest, settings) if rest else []))

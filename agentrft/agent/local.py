@@ -15,6 +15,7 @@ and top-p), which is what TRL's importance-sampling correction compares against.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,8 @@ def _preallocated_layer(capacity: int) -> Any:
             if self.length == 0 or end > self._k.shape[-2]:
                 size = max(end, self.capacity)
                 kept_k, kept_v = self.keys, self.values  # what is filled so far
-                self._k = key_states.new_zeros((*key_states.shape[:2], size, key_states.shape[-1]))
-                self._v = value_states.new_zeros((*value_states.shape[:2], size, value_states.shape[-1]))
+                self._k = key_states.new_empty((*key_states.shape[:2], size, key_states.shape[-1]))
+                self._v = value_states.new_empty((*value_states.shape[:2], size, value_states.shape[-1]))
                 if self.length:
                     self._k[:, :, : self.length] = kept_k
                     self._v[:, :, : self.length] = kept_v
@@ -103,7 +104,41 @@ def _preallocated_layer(capacity: int) -> Any:
             self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
             return self.keys, self.values
 
+        def replace_contents(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            """Hold ``keys`` and ``values`` instead (other rows or columns), in a fresh buffer of the same capacity."""
+            self.length = 0
+            self.update(keys, values)
+
     return PreallocatedLayer()
+
+
+def _gather(tensor: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+    """``tensor[rows[r], :, columns[r, w], :]`` as ``[len(rows), heads, width, head_dim]`` (all columns if None)."""
+    picked = tensor.index_select(0, rows)
+    if columns is None:
+        return picked
+    return picked.gather(2, columns[:, None, :, None].expand(-1, picked.shape[1], -1, picked.shape[3]))
+
+
+def _pack(cache: Any, cached: list[int], new: list[int], width_cached: int, width_new: int,
+          steps: int) -> tuple[torch.Tensor, int]:
+    """Move each row's keys and values from ``[pad | cached | pad | new]`` to ``[pad | cached new]``.
+
+    Returns the attention mask for the packed layout with room for ``steps`` more columns, and the
+    number of columns filled."""
+    lengths = [c + n for c, n in zip(cached, new, strict=True)]
+    width = max(lengths)
+    device = cache.layers[0].keys.device
+    columns = torch.zeros((len(lengths), width), dtype=torch.long)
+    mask = torch.zeros((len(lengths), width + steps), dtype=torch.long)
+    for i, (c, n) in enumerate(zip(cached, new, strict=True)):
+        columns[i, width - c - n : width - n] = torch.arange(width_cached - c, width_cached)
+        columns[i, width - n :] = torch.arange(width_cached + width_new - n, width_cached + width_new)
+        mask[i, width - c - n : width] = 1
+    columns, every = columns.to(device), torch.arange(len(lengths), device=device)
+    for layer in cache.layers:
+        layer.replace_contents(_gather(layer.keys, every, columns), _gather(layer.values, every, columns))
+    return mask.to(device), width
 
 
 def _new_cache(model: Any, capacity: int) -> Any:
@@ -178,11 +213,25 @@ class LocalPolicy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    async def generate(self, episodes: list[Episode], settings: RolloutSettings) -> list[Reply]:
-        """One assistant turn for each episode (tool results still pending are appended first)."""
-        return await asyncio.to_thread(self.generate_sync, episodes, settings)
+    async def generate(self, episodes: list[Episode], settings: RolloutSettings,
+                       on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]:
+        """One assistant turn for each episode (tool results still pending are appended first).
 
-    def generate_sync(self, episodes: list[Episode], settings: RolloutSettings) -> list[Reply]:
+        ``on_reply(index, reply)``, if given, is called in the caller's event loop as soon as an
+        episode's turn is final, while the rest of the batch still decodes (the loop starts that
+        episode's tool calls then); the policy does not touch the episode again in this call."""
+        if on_reply is None:
+            return await asyncio.to_thread(self.generate_sync, episodes, settings)
+        loop = asyncio.get_running_loop()
+
+        def hand_over(index: int, reply: Reply) -> None:
+            loop.call_soon_threadsafe(on_reply, index, reply)
+
+        return await asyncio.to_thread(self.generate_sync, episodes, settings, hand_over)
+
+    def generate_sync(self, episodes: list[Episode], settings: RolloutSettings,
+                      on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]:
+        """``generate`` without the event loop; ``on_reply`` is called from this thread."""
         replies: list[Reply | None] = [None] * len(episodes)
         todo: list[tuple[int, int]] = []  # (episode index, tokens it may still generate)
         for index, episode in enumerate(episodes):
@@ -196,30 +245,48 @@ class LocalPolicy:
                 continue
             render.append_context(episode, context)
             todo.append((index, min(settings.max_new_tokens, room)))
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
+        chunks = [todo[start : start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
+        seeds = [None if settings.seed is None else
+                 settings.seed * 1_000_003 + max(episodes[i].replies for i, _ in chunk) * 7919 + n * self.batch_size
+                 for n, chunk in enumerate(chunks)]  # before any episode is handed over
+        for chunk, seed in zip(chunks, seeds, strict=True):
             batch = [episodes[i] for i, _ in chunk]
-            seed = None
-            if settings.seed is not None:
-                seed = settings.seed * 1_000_003 + max(e.replies for e in batch) * 7919 + start
-            outputs = self._sample(batch, [n for _, n in chunk], settings, seed)
-            for (index, _), (ids, logprobs) in zip(chunk, outputs, strict=True):
+            def finish(row: int, ids: list[int], logprobs: list[float], chunk: list[tuple[int, int]] = chunk) -> None:
+                index = chunk[row][0]
                 episode = episodes[index]
                 finished = bool(ids) and ids[-1] in self.stop_ids
                 prefix = list(episode.token_ids or [])
                 render.append_generated(episode, ids, logprobs)
                 replies[index] = parse_reply(self.tokenizer, ids, prefix, episode.tools, finished)
+                if on_reply is not None:
+                    on_reply(index, replies[index])
+
+            self._sample(batch, [n for _, n in chunk], settings, seed, finish)
+        if on_reply is not None:  # those that ran out of room before generating
+            for index, reply in enumerate(replies):
+                if reply is not None and reply.out_of_budget:
+                    on_reply(index, reply)
         return [reply for reply in replies if reply is not None]
 
     def _sample(
-        self, batch: list[Episode], limits: list[int], settings: RolloutSettings, seed: int | None
-    ) -> list[tuple[list[int], list[float]]]:
-        """Generate one turn for each episode of ``batch`` (at most ``limits[i]`` tokens, through its stop token).
+        self, batch: list[Episode], limits: list[int], settings: RolloutSettings, seed: int | None,
+        finish: Callable[[int, list[int], list[float]], None],
+    ) -> None:
+        """Generate one turn for each episode of ``batch`` (at most ``limits[i]`` tokens, through its stop token);
+        ``finish(i, token_ids, logprobs)`` is called once per episode, as soon as its turn is over (its
+        ``policy_state`` already kept).
 
         Only the tokens an episode gained since its last turn (tool results, template, the last token
         it generated) are run through the model; the keys and values of everything before come from
-        the episode's ``_KVState``. Layout of row ``i``: ``[pad | cached_i | pad | new_i | generated]``;
+        the episode's ``_KVState``. Layout of row ``i`` in that first pass: ``[pad | cached_i | pad | new_i]``;
         the attention mask hides the pads and ``position_ids`` count real tokens only.
+
+        Decoding then reads every row's keys and values at every step, which is what a step is bound by
+        on a CPU, so two things keep the batch's cache small (with transformers' full-attention cache
+        layers; other caches decode as laid out): after the first pass each row's keys and values are
+        packed to the right (``[pad | cached_i new_i]``, as wide as the longest row instead of the longest
+        cached part plus the longest new part), and rows that have finished their turn leave the batch
+        once they are a quarter of it.
         """
         device = self.device
         rows = len(batch)
@@ -253,6 +320,9 @@ class LocalPolicy:
             generator = torch.Generator(device=device).manual_seed(seed)
         mask, positions = mask.to(device), positions.to(device)
         next_pos = positions[:, -1] + 1
+        packable = bool(cache.layers) and all(hasattr(layer, "replace_contents") for layer in cache.layers)
+        live = list(range(rows))  # the row of ``batch`` at each position of the decoding batch
+        begins = [0] * rows  # where each row's own columns begin, once packed
         generated: list[list[int]] = [[] for _ in range(rows)]
         logprobs: list[list[float]] = [[] for _ in range(rows)]
         done = [False] * rows
@@ -264,28 +334,50 @@ class LocalPolicy:
                 for step in range(steps):
                     out = self.model(input_ids=feed, attention_mask=mask[:, :seen], position_ids=positions,
                                      cache=cache, use_cache=True, logits_to_keep=1)  # cache grows in place
+                    if step == 0 and packable:
+                        mask, seen = _pack(cache, cached, [len(n) for n in news], width_cached, width_new, steps)
+                        begins = [seen - c - len(n) for c, n in zip(cached, news, strict=True)]
                     tokens, lps = _choose(out.logits[:, -1, :], settings, generator)
-                    for i, (tok, lp) in enumerate(zip(tokens.tolist(), lps.tolist(), strict=True)):
-                        if not done[i]:
-                            generated[i].append(tok)
-                            logprobs[i].append(float(lp))
-                            done[i] = tok in self.stop_ids or len(generated[i]) >= limits[i]
+                    for b, (tok, lp) in enumerate(zip(tokens.tolist(), lps.tolist(), strict=True)):
+                        i = live[b]
+                        if done[i]:
+                            continue
+                        generated[i].append(tok)
+                        logprobs[i].append(float(lp))
+                        done[i] = tok in self.stop_ids or len(generated[i]) >= limits[i]
+                        if done[i] and packable:
+                            if self.reuse_cache:  # all it fed: its columns so far
+                                batch[i].policy_state = _KVState(
+                                    [(layer.keys[b, :, begins[i] : seen].clone(),
+                                      layer.values[b, :, begins[i] : seen].clone()) for layer in cache.layers],
+                                    seen - begins[i])
+                            finish(i, generated[i], logprobs[i])
                     if all(done) or step == steps - 1:
                         break
+                    finished = [b for b, i in enumerate(live) if done[i]]
+                    if packable and 4 * len(finished) >= len(live):
+                        stay = torch.tensor([b for b, i in enumerate(live) if not done[i]], device=device)
+                        for layer in cache.layers:
+                            layer.replace_contents(_gather(layer.keys, stay, None), _gather(layer.values, stay, None))
+                        mask, tokens, next_pos = mask[stay], tokens[stay], next_pos[stay]
+                        live = [live[b] for b in stay.tolist()]
                     feed, positions = tokens[:, None], (next_pos + step)[:, None]
                     mask[:, seen] = 1
                     seen += 1
         finally:
             self.model.train(was_training)
+        if packable:
+            return
         if self.reuse_cache:
             self._keep_states(batch, cache, cached, news, generated, width_cached, width_new)
-        return list(zip(generated, logprobs, strict=True))
+        for i in range(rows):
+            finish(i, generated[i], logprobs[i])
 
     def _keep_states(self, batch: list[Episode], cache: Any, cached: list[int], news: list[list[int]],
                      generated: list[list[int]], width_cached: int, width_new: int) -> None:
         """Store, per episode, the keys and values of the tokens it has fed so far (pads left out)."""
         layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer).__name__ not in ("DynamicLayer", "PreallocatedLayer") for layer in layers):
+        if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
             return  # sliding-window or other special caches: recompute each turn instead
         for i, episode in enumerate(batch):
             keep = torch.cat([

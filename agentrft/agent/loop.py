@@ -1,8 +1,10 @@
 """The agent loop: multi-turn rollouts of rows through a policy and the tools, as Trajectories.
 
 One loop serves the prior check, training and evaluation, so what is trained is what is measured.
-Each round asks the policy for one turn of every unfinished rollout (one batched generation), then
-runs every tool call pending in that round, across all rollouts, concurrently over HTTP. A rollout
+Each round asks the policy for one turn of every unfinished rollout (one batched generation) and
+runs every tool call of that round, across all rollouts, concurrently over HTTP; a policy that hands
+each reply over as soon as it is final (``on_reply``) has its rollouts' tool calls start while the rest
+of the batch is still generating. The next round starts when every call of this one has returned. A rollout
 ends at a final answer, at the tool-call budget, or at the token budget. Malformed calls, unknown
 tools and tool errors never raise: they are recorded and the model sees an error message instead.
 """
@@ -10,6 +12,7 @@ tools and tool errors never raise: they are recorded and the model sees an error
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections.abc import Callable, Coroutine
@@ -64,15 +67,24 @@ async def run_rollouts(
     for row in rows:
         specs = [spec.model_dump(exclude_none=True) for spec in row.tools] if row.tools else server_specs
         episodes.extend(new_episode(row, k, system_prompt, list(specs or [])) for k in range(samples_per_row))
+    early = "on_reply" in inspect.signature(policy.generate).parameters
     active = list(episodes)
     while active:
-        replies = await policy.generate(active, settings)
+        calls: dict[int, asyncio.Future[None]] = {}
+
+        def take(index: int, reply: Reply, round_: list[Episode] = active, calls: dict = calls) -> None:
+            if index not in calls:  # the policy handed this reply over already
+                calls[index] = asyncio.ensure_future(_run_calls(tools, _take_reply(round_[index], reply, settings)))
+
+        if early:  # tool calls start while the rest of the batch is still generating
+            replies = await policy.generate(active, settings, on_reply=take)
+        else:
+            replies = await policy.generate(active, settings)
         if len(replies) != len(active):
             raise RuntimeError(f"policy {policy.name} returned {len(replies)} replies for {len(active)} rollouts")
-        jobs = [job for episode, reply in zip(active, replies) for job in _take_reply(episode, reply, settings)]
-        results = await asyncio.gather(*(_run_call(tools, episode, call) for episode, call in jobs))
-        for (episode, call), result in zip(jobs, results):
-            _record_result(episode, call, *result)
+        for index, reply in enumerate(replies):
+            take(index, reply)
+        await asyncio.gather(*calls.values())
         now = time.perf_counter()
         finished = [e for e in active if e.done]
         for episode in finished:
@@ -132,6 +144,13 @@ def _assistant_message(reply: Reply) -> dict[str, Any]:
         for call in reply.calls
     ]
     return {"role": "assistant", "content": reply.content, "tool_calls": calls}
+
+
+async def _run_calls(tools: ToolClient, jobs: list[tuple[Episode, ParsedCall]]) -> None:
+    """Run one reply's tool calls concurrently; record their results in call order."""
+    results = await asyncio.gather(*(_run_call(tools, episode, call) for episode, call in jobs))
+    for (episode, call), result in zip(jobs, results, strict=True):
+        _record_result(episode, call, *result)
 
 
 async def _run_call(tools: ToolClient, episode: Episode, call: ParsedCall) -> tuple[str, bool, float]:

@@ -1,7 +1,8 @@
 """Policies: what produces the assistant's next turn. A local model, or any OpenAI-compatible endpoint.
 
 A policy is one async method, ``generate(episodes, settings) -> replies``: one assistant turn for
-every episode of the batch, in order. The loop owns tools, budgets and turns; the policy owns how text
+every episode of the batch, in order. A policy may also take ``on_reply=callback`` and call
+``callback(index, reply)`` as each reply is final, so the loop can start that rollout's tool calls early. The loop owns tools, budgets and turns; the policy owns how text
 is produced (and, for a local model, the token ids and loss mask).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import UserError
@@ -83,15 +85,20 @@ class EndpointPolicy:
             self._client_loop = loop
         return self._client
 
-    async def generate(self, episodes: list[Episode], settings: RolloutSettings) -> list[Reply]:
+    async def generate(self, episodes: list[Episode], settings: RolloutSettings,
+                       on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]:
+        """One completion per episode, concurrently; ``on_reply(index, reply)`` as each one arrives."""
         client = self._client_for_this_loop()
         limit = asyncio.Semaphore(self.max_concurrency)
 
-        async def one(episode: Episode) -> Reply:
+        async def one(index: int, episode: Episode) -> Reply:
             async with limit:
-                return await self._complete(client, episode, settings)
+                reply = await self._complete(client, episode, settings)
+            if on_reply is not None:
+                on_reply(index, reply)
+            return reply
 
-        return list(await asyncio.gather(*(one(e) for e in episodes)))
+        return list(await asyncio.gather(*(one(i, e) for i, e in enumerate(episodes))))
 
     async def _complete(self, client: Any, episode: Episode, settings: RolloutSettings) -> Reply:
         import openai

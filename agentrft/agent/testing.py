@@ -41,12 +41,12 @@ class ScriptedLocalPolicy(LocalPolicy):
         self.script = script
 
     def _sample(
-        self, batch: list[Episode], limits: list[int], settings: RolloutSettings, seed: int | None
-    ) -> list[tuple[list[int], list[float]]]:
+        self, batch: list[Episode], limits: list[int], settings: RolloutSettings, seed: int | None,
+        finish: Callable[[int, list[int], list[float]], None],
+    ) -> None:
         import torch
 
-        results = []
-        for episode, max_new_tokens in zip(batch, limits, strict=True):
+        for row, (episode, max_new_tokens) in enumerate(zip(batch, limits, strict=True)):
             text = self.script(episode.messages)
             if not isinstance(text, str):
                 raise TypeError("a local script returns the text to emit")
@@ -57,8 +57,7 @@ class ScriptedLocalPolicy(LocalPolicy):
                 full = torch.tensor([context + ids], device=self.device)
                 logits = self.model(input_ids=full).logits[0, len(context) - 1 : -1].float()
                 logprobs = torch.log_softmax(logits, -1).gather(1, full[0, len(context) :, None]).squeeze(1)
-            results.append((ids, logprobs.cpu().tolist()))
-        return results
+            finish(row, ids, logprobs.cpu().tolist())
 
 
 @dataclass

@@ -29,7 +29,7 @@ value/output path, and at 32 that path could not single out one of ~4,500 tokens
 plateaued near 50%; at 64 the same pretraining answers synthetic look-ups exactly)."""
 
 
-RECIPE = 3
+RECIPE = 4
 """Version of the build recipe (tokenizer, shape, pretraining); part of the demo's cache key."""
 
 

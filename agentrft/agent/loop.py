@@ -3,9 +3,10 @@
 One loop serves the prior check, training and evaluation, so what is trained is what is measured.
 Each round asks the policy for one turn of every unfinished rollout (one batched generation) and
 runs every tool call of that round, across all rollouts, concurrently over HTTP; a policy that hands
-each reply over as soon as it is final (``on_reply``) has its rollouts' tool calls start while the rest
-of the batch is still generating. The next round starts when every call of this one has returned. A rollout
-ends at a final answer, at the tool-call budget, or at the token budget. Malformed calls, unknown
+each reply over as soon as it is final (``on_reply``) has its rollouts' tool calls start while the
+rest of the batch is still generating. The next round starts when every call of this one has
+returned, so what the model sees never depends on timing. A rollout ends at a final answer, at the
+tool-call budget, or at the token budget. Malformed calls, unknown
 tools and tool errors never raise: they are recorded and the model sees an error message instead.
 """
 

@@ -2,8 +2,9 @@
 
 A policy is one async method, ``generate(episodes, settings) -> replies``: one assistant turn for
 every episode of the batch, in order. A policy may also take ``on_reply=callback`` and call
-``callback(index, reply)`` as each reply is final, so the loop can start that rollout's tool calls early. The loop owns tools, budgets and turns; the policy owns how text
-is produced (and, for a local model, the token ids and loss mask).
+``callback(index, reply)`` as each reply is final, so the loop can start that rollout's tool calls
+early. The loop owns tools, budgets and turns; the policy owns how text is produced (and, for a local
+model, the token ids and loss mask).
 """
 
 from __future__ import annotations

@@ -54,8 +54,8 @@ def sft_command(
     tools_url: str = typer.Option(..., "--tools-url", help="Base URL of the running tool server."),
     out: Path = typer.Option(..., "--out", help="Where the warm-started model is saved."),
     token_file: Path | None = typer.Option(None, "--token-file", help="Bearer token file (default: $TOOL_BEARER)."),
-    epochs: int | None = typer.Option(None, min=1, help="Passes over the demonstrations (fresh drills each pass); default 12."),
-    learning_rate: float = typer.Option(1e-3, "--lr", help="Learning rate."),
+    epochs: int | None = typer.Option(None, min=1, help="Passes over the demonstrations (fresh drills each pass); default 9."),
+    learning_rate: float | None = typer.Option(None, "--lr", help="Peak learning rate; default 1.5e-3."),
     seed: int = typer.Option(0, help="Seed of the strategy mixture, drills and training."),
 ) -> None:
     """Warm start ("fix the prior first"): SFT on scripted demonstrations of mixed quality."""
@@ -71,8 +71,8 @@ def sft_command(
     if not row_list:
         raise UserError(f"{rows}: no rows to demonstrate on")
     token = resolve_token(token_file, no_auth=True)
-    chosen = {"epochs": epochs} if epochs is not None else {}
-    settings = WarmStartSettings(learning_rate=learning_rate, seed=seed, **chosen)
+    chosen = {key: value for key, value in (("epochs", epochs), ("learning_rate", learning_rate)) if value is not None}
+    settings = WarmStartSettings(seed=seed, **chosen)
     console.print(f"Demonstrating on {len(row_list)} rows against {tools_url}, then {settings.epochs} epochs of SFT ...")
     try:
         result = warm_start(model, row_list, tools_url, out, token=token, settings=settings)

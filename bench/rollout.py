@@ -88,11 +88,14 @@ def tool_server_process(corpus_dir: Path, latency_s: float, read_budget: int, th
     process = context.Process(target=_serve, args=(corpus_dir, latency_s, read_budget, threads, child), daemon=True)
     process.start()
     try:
-        if not parent.poll(120):
-            raise RuntimeError("the tool server process did not start")
+        deadline = time.monotonic() + 120
+        while not parent.poll(0.5):
+            if not process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the tool server process did not start (see its error above)")
         yield parent.recv()
     finally:
-        parent.send("stop")
+        with contextlib.suppress(OSError):
+            parent.send("stop")
         process.join(10)
         if process.is_alive():
             process.kill()

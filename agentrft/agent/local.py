@@ -282,11 +282,12 @@ class LocalPolicy:
         the attention mask hides the pads and ``position_ids`` count real tokens only.
 
         Decoding then reads every row's keys and values at every step, which is what a step is bound by
-        on a CPU, so two things keep the batch's cache small (with transformers' full-attention cache
-        layers; other caches decode as laid out): after the first pass each row's keys and values are
-        packed to the right (``[pad | cached_i new_i]``, as wide as the longest row instead of the longest
-        cached part plus the longest new part), and rows that have finished their turn leave the batch
-        once they are a quarter of it.
+        on a CPU, so two things keep the batch's cache small: after the first pass each row's keys and
+        values are packed to the right (``[pad | cached_i new_i]``, as wide as the longest row instead of
+        the longest cached part plus the longest new part), and rows that have finished their turn leave
+        the batch once they are a quarter of it. Both need transformers' full-attention cache layers
+        (``_new_cache``); with other caches (sliding windows) the turn decodes as laid out and nothing is
+        kept for the next one.
         """
         device = self.device
         rows = len(batch)
@@ -366,29 +367,9 @@ class LocalPolicy:
                     seen += 1
         finally:
             self.model.train(was_training)
-        if packable:
-            return
-        if self.reuse_cache:
-            self._keep_states(batch, cache, cached, news, generated, width_cached, width_new)
-        for i in range(rows):
-            finish(i, generated[i], logprobs[i])
-
-    def _keep_states(self, batch: list[Episode], cache: Any, cached: list[int], news: list[list[int]],
-                     generated: list[list[int]], width_cached: int, width_new: int) -> None:
-        """Store, per episode, the keys and values of the tokens it has fed so far (pads left out)."""
-        layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
-            return  # sliding-window or other special caches: recompute each turn instead
-        for i, episode in enumerate(batch):
-            keep = torch.cat([
-                torch.arange(width_cached - cached[i], width_cached),
-                torch.arange(width_cached + width_new - len(news[i]), width_cached + width_new),
-                torch.arange(width_cached + width_new, width_cached + width_new + len(generated[i]) - 1),
-            ]).to(layers[0].keys.device)
-            episode.policy_state = _KVState(
-                [(layer.keys[i].index_select(1, keep), layer.values[i].index_select(1, keep)) for layer in layers],
-                cached[i] + len(news[i]) + len(generated[i]) - 1,
-            )
+        if not packable:  # nothing kept: the next turn runs the whole conversation again
+            for i in range(rows):
+                finish(i, generated[i], logprobs[i])
 
 
 __all__ = ["LocalPolicy"]

@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import multiprocessing
@@ -153,20 +154,65 @@ def ensure_model(model: Path | None, synth_dir: Path, url: str) -> Path:
     return warm
 
 
-def run_ours(model: Any, tokenizer: Any, rows: list, url: str, settings: Any, samples: int) -> dict[str, float]:
+def run_ours(model: Any, tokenizer: Any, rows: list, url: str, settings: Any, samples: int,
+             phases: bool = False) -> dict[str, float]:
     from agentrft.agent.loop import rollout
     from agentrft.agent.policy import LocalPolicy
 
     policy = LocalPolicy(model, tokenizer)
+    spent: dict[str, float] = {}
+    if phases:
+        policy = _timed(policy, spent)
     start = time.perf_counter()
-    trajectories = rollout(rows, policy, url, TOKEN, settings, samples_per_row=samples)
+    try:
+        trajectories = rollout(rows, policy, url, TOKEN, settings, samples_per_row=samples)
+    finally:
+        model.__dict__.pop("forward", None)  # the timing wrapper, if any
     wall = time.perf_counter() - start
-    return {
+    result = {
         "wall": wall,
         "trajectories": len(trajectories),
         "generated": sum(sum(t.loss_mask) for t in trajectories),
         "tool_calls": sum(t.n_tool_calls for t in trajectories),
     }
+    if phases:
+        result["phases"] = {"outside_generation_s": wall - spent.pop("generation_s", 0.0),
+                            **{key: round(value, 3) for key, value in spent.items()}}
+    return result
+
+
+def _timed(policy: Any, spent: dict[str, float]) -> Any:
+    """Where a run's time goes: each ``generate`` call (one round), and within it the forward passes
+    that prefill new context (more than one token per row, pads counted apart) and those that decode."""
+    model = policy.model
+    forward = model.forward
+
+    def timed_forward(*args: Any, **kwargs: Any) -> Any:
+        begin = time.perf_counter()
+        out = forward(*args, **kwargs)
+        ids = kwargs["input_ids"]
+        kind = "prefill" if ids.shape[1] > 1 else "decode"
+        spent[f"{kind}_s"] = spent.get(f"{kind}_s", 0.0) + time.perf_counter() - begin
+        spent[f"{kind}_passes"] = spent.get(f"{kind}_passes", 0) + 1
+        if kind == "prefill":
+            spent["prefill_tokens"] = spent.get("prefill_tokens", 0) + ids.numel()
+            real = int(kwargs["attention_mask"][:, -ids.shape[1]:].sum())
+            spent["prefill_real_tokens"] = spent.get("prefill_real_tokens", 0) + real
+        return out
+
+    model.forward = timed_forward
+    generate = policy.generate
+
+    @functools.wraps(generate)  # the loop reads the signature (``on_reply``)
+    async def timed_generate(*args: Any, **kwargs: Any) -> Any:
+        begin = time.perf_counter()
+        try:
+            return await generate(*args, **kwargs)
+        finally:
+            spent["generation_s"] = spent.get("generation_s", 0.0) + time.perf_counter() - begin
+
+    policy.generate = timed_generate
+    return policy
 
 
 def make_trl_trainer(
@@ -245,6 +291,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both loops.")
     parser.add_argument("--trl-defaults", action="store_true", help="TRL as GRPOConfig leaves it (no KV cache).")
+    parser.add_argument("--phases", action="store_true",
+                        help="Also time agentrft's rounds, prefill and decoding passes (printed per run).")
     args = parser.parse_args()
 
     import torch
@@ -280,7 +328,8 @@ def main() -> None:
         run_trl(trainer, rows[:2], prompts.SYSTEM_PROMPT, 2)
         ours, trl = [], []
         for repeat in range(args.repeats):
-            ours.append(run_ours(model, tokenizer, rows, url, settings.model_copy(update={"seed": repeat}), args.samples))
+            ours.append(run_ours(model, tokenizer, rows, url, settings.model_copy(update={"seed": repeat}), args.samples,
+                                 args.phases))
             trl.append(run_trl(trainer, rows, prompts.SYSTEM_PROMPT, args.samples))
     report(ours, trl, args)
 
@@ -303,6 +352,14 @@ def report(ours: list[dict[str, float]], trl: list[dict[str, float]], args: argp
     print("|---|---:|---:|---:|---:|---:|")
     for name, wall, tps, gps, calls, gen in lines:
         print(f"| {name} | {wall:.2f} | {tps:.2f} | {gps:.0f} | {calls:.2f} | {gen:.0f} |")
+    for n, run in enumerate(ours):
+        if "phases" in run:
+            ph = run["phases"]
+            print(f"agentrft run {n}: wall {run['wall']:.2f} s = generation {run['wall'] - ph['outside_generation_s']:.2f} s "
+                  f"(prefill {ph.get('prefill_s', 0):.2f} s in {ph.get('prefill_passes', 0)} passes, "
+                  f"{ph.get('prefill_real_tokens', 0)} of {ph.get('prefill_tokens', 0)} tokens real; "
+                  f"decode {ph.get('decode_s', 0):.2f} s in {ph.get('decode_passes', 0)} passes) "
+                  f"+ {ph['outside_generation_s']:.2f} s outside generation (tool calls still out, bookkeeping)")
     speedup = lines[0][1] / lines[1][1]
     print(f"rollout phase speed-up (TRL wall / agentrft wall): {speedup:.1f}×")
     print(json.dumps({"ours": ours, "trl": trl}))

@@ -9,6 +9,9 @@ batched search, in a process of its own as ``agentrft tools serve`` would be. 32
 - agentrft: ``run_rollouts`` with a ``LocalPolicy``: one batched ``generate`` per turn across all
   unfinished rollouts; each rollout's tool calls start over HTTP as soon as its turn is generated,
   all of them concurrently.
+- agentrft again with ``LocalPolicy(lean_decoding=False)``: every decoding step through the model's
+  own forward instead of ``LeanStep``, with the same seeds (the same trajectories but for float noise;
+  the token and tool-call counts match), for the lean step's share.
 - TRL: ``GRPOTrainer(tools=[search, list, read])`` and its generation path (``_generate``: batched
   first turn, then ``_tool_call_loop``, which runs tool calls one sample at a time). Its tools are
   plain functions posting to the same server with a pooled httpx client.
@@ -155,20 +158,16 @@ def ensure_model(model: Path | None, synth_dir: Path, url: str) -> Path:
 
 
 def run_ours(model: Any, tokenizer: Any, rows: list, url: str, settings: Any, samples: int,
-             phases: bool = False) -> dict[str, float]:
+             phases: bool = False, lean: bool = True) -> dict[str, float]:
     from agentrft.agent.loop import rollout
     from agentrft.agent.policy import LocalPolicy
 
-    policy = LocalPolicy(model, tokenizer)
+    policy = LocalPolicy(model, tokenizer, lean_decoding=lean)
     spent: dict[str, float] = {}
-    if phases:
-        policy = _timed(policy, spent)
-    start = time.perf_counter()
-    try:
+    with _timed(policy, spent) if phases else contextlib.nullcontext(policy) as policy:
+        start = time.perf_counter()
         trajectories = rollout(rows, policy, url, TOKEN, settings, samples_per_row=samples)
-    finally:
-        model.__dict__.pop("forward", None)  # the timing wrapper, if any
-    wall = time.perf_counter() - start
+        wall = time.perf_counter() - start
     result = {
         "wall": wall,
         "trajectories": len(trajectories),
@@ -181,9 +180,11 @@ def run_ours(model: Any, tokenizer: Any, rows: list, url: str, settings: Any, sa
     return result
 
 
-def _timed(policy: Any, spent: dict[str, float]) -> Any:
+@contextlib.contextmanager
+def _timed(policy: Any, spent: dict[str, float]) -> Iterator[Any]:
     """Where a run's time goes: each ``generate`` call (one round), and within it the forward passes
-    that prefill new context (more than one token per row, pads counted apart) and those that decode."""
+    that prefill new context (more than one token per row, pads counted apart) and the decoding passes
+    (the model's forward with one token per row, or ``LeanStep.step``). Yields the timed policy."""
     model = policy.model
     forward = model.forward
 
@@ -201,6 +202,18 @@ def _timed(policy: Any, spent: dict[str, float]) -> Any:
         return out
 
     model.forward = timed_forward
+    from agentrft.agent.lean_step import LeanStep
+
+    lean_step = LeanStep.step
+
+    def timed_step(self: Any, *args: Any) -> Any:  # a decoding pass that bypasses model.forward
+        begin = time.perf_counter()
+        out = lean_step(self, *args)
+        spent["decode_s"] = spent.get("decode_s", 0.0) + time.perf_counter() - begin
+        spent["decode_passes"] = spent.get("decode_passes", 0) + 1
+        return out
+
+    LeanStep.step = timed_step
     generate = policy.generate
 
     @functools.wraps(generate)  # the loop reads the signature (``on_reply``)
@@ -212,7 +225,11 @@ def _timed(policy: Any, spent: dict[str, float]) -> Any:
             spent["generation_s"] = spent.get("generation_s", 0.0) + time.perf_counter() - begin
 
     policy.generate = timed_generate
-    return policy
+    try:
+        yield policy
+    finally:
+        del model.forward
+        LeanStep.step = lean_step
 
 
 def make_trl_trainer(
@@ -323,18 +340,20 @@ def main() -> None:
             model, tokenizer, trl_tools(url), settings, args.rows * args.samples, args.samples, work / "trl",
             args.trl_defaults,
         )
-        # Warm-up (first-call overheads), then alternate the two loops so drift hits both alike.
+        # Warm-up (first-call overheads), then alternate the loops so drift hits all alike.
         run_ours(model, tokenizer, rows[:2], url, settings, 2)
         run_trl(trainer, rows[:2], prompts.SYSTEM_PROMPT, 2)
-        ours, trl = [], []
+        ours, plain, trl = [], [], []
         for repeat in range(args.repeats):
-            ours.append(run_ours(model, tokenizer, rows, url, settings.model_copy(update={"seed": repeat}), args.samples,
-                                 args.phases))
+            seeded = settings.model_copy(update={"seed": repeat})
+            ours.append(run_ours(model, tokenizer, rows, url, seeded, args.samples, args.phases))
+            plain.append(run_ours(model, tokenizer, rows, url, seeded, args.samples, lean=False))
             trl.append(run_trl(trainer, rows, prompts.SYSTEM_PROMPT, args.samples))
-    report(ours, trl, args)
+    report(ours, plain, trl, args)
 
 
-def report(ours: list[dict[str, float]], trl: list[dict[str, float]], args: argparse.Namespace) -> None:
+def report(ours: list[dict[str, float]], plain: list[dict[str, float]], trl: list[dict[str, float]],
+           args: argparse.Namespace) -> None:
     def row(name: str, runs: list[dict[str, float]]) -> tuple[str, float, float, float, float, float]:
         wall = statistics.median(r["wall"] for r in runs)
         n = runs[0]["trajectories"]
@@ -342,7 +361,8 @@ def report(ours: list[dict[str, float]], trl: list[dict[str, float]], args: argp
         calls = statistics.mean(r["tool_calls"] for r in runs) / n
         return name, wall, n / wall, generated / wall, calls, generated / n
 
-    lines = [row("TRL GRPOTrainer(tools=…)", trl), row("agentrft run_rollouts", ours)]
+    lines = [row("TRL GRPOTrainer(tools=…)", trl), row("agentrft run_rollouts", ours),
+             row("agentrft, every token through model.forward (lean_decoding=False)", plain)]
     print(
         f"\n{args.rows} rows × {args.samples} samples = {args.rows * args.samples} trajectories, "
         f"{args.latency_ms:g} ms per tool call, {args.threads} CPU threads, median of {args.repeats}"
@@ -361,8 +381,9 @@ def report(ours: list[dict[str, float]], trl: list[dict[str, float]], args: argp
                   f"decode {ph.get('decode_s', 0):.2f} s in {ph.get('decode_passes', 0)} passes) "
                   f"+ {ph['outside_generation_s']:.2f} s outside generation (tool calls still out, bookkeeping)")
     speedup = lines[0][1] / lines[1][1]
-    print(f"rollout phase speed-up (TRL wall / agentrft wall): {speedup:.1f}×")
-    print(json.dumps({"ours": ours, "trl": trl}))
+    print(f"rollout phase speed-up (TRL wall / agentrft wall): {speedup:.1f}×; "
+          f"the lean decoding step's share: {lines[2][1] / lines[1][1]:.2f}× (lean_decoding=False wall / agentrft wall)")
+    print(json.dumps({"ours": ours, "ours_lean_decoding_off": plain, "trl": trl}))
 
 
 if __name__ == "__main__":

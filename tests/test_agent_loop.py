@@ -239,16 +239,19 @@ def test_kept_kv_cache_gives_what_recomputing_the_conversation_gives(model_and_t
     assert ours[:cut] == reference.tolist()[:cut]
 
 
-def test_rows_that_finish_leave_the_batch_and_are_handed_over_first(model_and_tokenizer, rows):
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-step", "model-forward"])
+def test_rows_that_finish_leave_the_batch_and_are_handed_over_first(model_and_tokenizer, rows, lean, monkeypatch):
     """Rows with less room finish first: they are handed over (``on_reply``) while the others still
-    decode, the decoding batch shrinks, and each row's greedy turn is what it generates alone."""
+    decode, the decoding batch shrinks, and each row's greedy turn is what it generates alone, whether
+    decoding steps run through ``LeanStep`` or the model's forward."""
     import torch
 
+    from agentrft.agent.lean_step import LeanStep
     from agentrft.agent.loop import default_system_prompt, new_episode
     from agentrft.agent.policy import LocalPolicy
 
     model, tokenizer = model_and_tokenizer
-    policy = LocalPolicy(model, tokenizer)
+    policy = LocalPolicy(model, tokenizer, lean_decoding=lean)
     policy.stop_ids = [policy.pad_id]  # a token this model never emits: each row runs to its own limit
     episodes = [new_episode(row, 0, default_system_prompt(), []) for row in rows[:4]]
     lengths = [len(tokenizer.apply_chat_template(e.messages, tokenize=True, add_generation_prompt=True,
@@ -262,6 +265,14 @@ def test_rows_that_finish_leave_the_batch_and_are_handed_over_first(model_and_to
         batch_sizes.append(kwargs["input_ids"].shape[0])
         return forward(*args, **kwargs)
 
+    lean_rows: list[int] = []
+    lean_step = LeanStep.step
+
+    def lean_spy(self, tokens, *args):
+        lean_rows.append(tokens.shape[0])
+        return lean_step(self, tokens, *args)
+
+    monkeypatch.setattr(LeanStep, "step", lean_spy)
     handed: list[int] = []
     model.forward = spy
     try:
@@ -272,7 +283,11 @@ def test_rows_that_finish_leave_the_batch_and_are_handed_over_first(model_and_to
     assert sorted(handed) == list(range(len(episodes))) and len(replies) == len(episodes)
     assert [len(g) for g in generated] != [len(generated[0])] * len(episodes), generated  # they end apart
     assert [len(generated[i]) for i in handed] == sorted(len(g) for g in generated)
-    assert min(batch_sizes) < len(episodes)  # finished rows left the decoding batch
+    if lean:  # the first pass runs through the model, every decoding step through the lean step
+        assert batch_sizes == [len(episodes)] and len(lean_rows) == max(len(g) for g in generated) - 1
+    else:
+        assert not lean_rows
+    assert min(batch_sizes + lean_rows) < len(episodes)  # finished rows left the decoding batch
     for episode, ids in zip(episodes, generated, strict=True):
         prompt = torch.tensor([episode.token_ids[: episode.prompt_length]])
         with torch.no_grad():

@@ -25,6 +25,7 @@ import torch
 from ..errors import UserError
 from . import render
 from .episode import Episode, Reply
+from .lean_step import LeanStep
 from .parse import ensure_response_parser, parse_reply
 from .settings import RolloutSettings
 
@@ -161,14 +162,16 @@ class LocalPolicy:
 
     Training passes the model it is updating; the policy switches it to eval mode for generation and
     back afterwards. ``reuse_cache=False`` recomputes the whole conversation every turn (less memory
-    held between turns: a 7B model keeps ~57 KB per token per rollout in bf16).
+    held between turns: a 7B model keeps ~57 KB per token per rollout in bf16). ``lean_decoding=False``
+    decodes every token through the model's own forward instead of ``LeanStep`` (which only takes
+    small float32 Llama-family models and leaves the rest to the model's forward anyway).
     """
 
     tracks_tokens = True
 
     def __init__(
         self, model: Any, tokenizer: Any, device: str | None = None, batch_size: int = 32, name: str | None = None,
-        reuse_cache: bool = True,
+        reuse_cache: bool = True, lean_decoding: bool = True,
     ) -> None:
         if device is not None:
             model.to(device)
@@ -176,6 +179,7 @@ class LocalPolicy:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.reuse_cache = reuse_cache
+        self.lean_decoding = lean_decoding
         ensure_response_parser(tokenizer)
         config = getattr(model, "config", None)
         self.name = name or getattr(config, "_name_or_path", "") or "local"
@@ -322,6 +326,7 @@ class LocalPolicy:
         mask, positions = mask.to(device), positions.to(device)
         next_pos = positions[:, -1] + 1
         packable = bool(cache.layers) and all(hasattr(layer, "replace_contents") for layer in cache.layers)
+        lean = LeanStep.build(self.model) if packable and self.lean_decoding else None  # after this turn's weights
         live = list(range(rows))  # the row of ``batch`` at each position of the decoding batch
         begins = [0] * rows  # where each row's own columns begin, once packed
         generated: list[list[int]] = [[] for _ in range(rows)]
@@ -333,12 +338,15 @@ class LocalPolicy:
             with torch.no_grad():
                 feed, seen = input_ids.to(device), width_cached + width_new
                 for step in range(steps):
-                    out = self.model(input_ids=feed, attention_mask=mask[:, :seen], position_ids=positions,
-                                     cache=cache, use_cache=True, logits_to_keep=1)  # cache grows in place
+                    if step and lean is not None:
+                        logits = lean.step(feed[:, 0], positions[:, 0], cache, mask[:, :seen])
+                    else:
+                        logits = self.model(input_ids=feed, attention_mask=mask[:, :seen], position_ids=positions,
+                                            cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
                     if step == 0 and packable:
                         mask, seen = _pack(cache, cached, [len(n) for n in news], width_cached, width_new, steps)
                         begins = [seen - c - len(n) for c, n in zip(cached, news, strict=True)]
-                    tokens, lps = _choose(out.logits[:, -1, :], settings, generator)
+                    tokens, lps = _choose(logits, settings, generator)
                     for b, (tok, lp) in enumerate(zip(tokens.tolist(), lps.tolist(), strict=True)):
                         i = live[b]
                         if done[i]:

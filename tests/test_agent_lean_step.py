@@ -63,6 +63,11 @@ def test_lean_step_gives_the_models_logits(kind):
     assert _compare_steps(_small(kind)) < 1e-4
 
 
+def test_a_sliding_window_switched_off_is_full_attention():
+    """Qwen2.5's configs name a window and switch it off (``use_sliding_window: false``)."""
+    assert _compare_steps(_small("qwen2", sliding_window=4, use_sliding_window=False)) < 1e-4
+
+
 def test_lean_step_gives_the_tiny_models_logits(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
@@ -86,6 +91,7 @@ def test_lean_step_folds_in_lora_deltas_and_follows_disabled_adapters():
 def test_lean_step_declines_what_it_does_not_cover():
     assert LeanStep.build(_small("qwen2").to(torch.bfloat16)) is None
     assert LeanStep.build(_small("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=0)) is None
+    assert LeanStep.build(_small("mistral", sliding_window=8)) is None
     from transformers import GPT2Config, GPT2LMHeadModel
 
     assert LeanStep.build(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))) is None

@@ -54,6 +54,8 @@ def _fused(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None] | Non
 
 
 def _norm(module: Any) -> tuple[torch.Tensor, float] | None:
+    if not type(module).__name__.endswith("RMSNorm"):  # e.g. wrapped by peft's modules_to_save
+        return None
     eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
     weight = getattr(module, "weight", None)
     return None if eps is None or not isinstance(weight, torch.Tensor) else (weight, float(eps))
@@ -97,7 +99,8 @@ class LeanStep:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         config = getattr(base, "config", None)
         if (getattr(config, "model_type", None) not in FAMILY or getattr(config, "hidden_act", None) != "silu"
-                or any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or [])):
+                or any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or [])
+                or (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))):
             return None
         parameters = list(base.parameters())
         if any(p.dtype != torch.float32 for p in parameters) or sum(p.numel() for p in parameters) > MAX_PARAMETERS:

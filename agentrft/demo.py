@@ -37,6 +37,10 @@ use scored. Measured on the demo's warm-started tiny model (40 rows × 5 rollout
 solved, 14 sometimes, 24 never."""
 
 
+MEASURE_ROWS = 16
+"""Training rows the warm start samples (4 rollouts each) before and after, for its strategy shares."""
+
+
 class StepFailed(Exception):
     """A demo step's command exited non-zero."""
 
@@ -131,7 +135,8 @@ def write_config(demo: Demo, base_model: Path) -> None:
 def warm_model(demo: Demo) -> Path:
     """The embedded default: build the tiny model and warm-start it, or reuse the cached one."""
     from .model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
-    from .model.sft import WarmStartSettings
+    from .model.cli import strategy_line
+    from .model.sft import WarmStartResult, WarmStartSettings
 
     rows = demo.data / "research_train.jsonl"
     settings = WarmStartSettings(seed=demo.seed).model_dump()
@@ -139,12 +144,17 @@ def warm_model(demo: Demo) -> Path:
     cached = cached_warm_model(demo.cache, key)
     if cached is not None:
         console.print(f"warm-started model found in the cache ({cached}); skipping build and warm start")
+        record = cached / "warm_start.json"
+        result = WarmStartResult.model_validate_json(record.read_text()) if record.is_file() else None
+        if result is not None and result.strategies_after:
+            console.print(f"Strategies in {result.measured_rollouts} sampled rollouts at its warm start, before → after:")
+            console.print(strategy_line(result))
         return cached
     tiny = demo.out / "models" / "tiny"
     warm = demo.out / "models" / "tiny-warm"
     agentrft("model", "tiny", "--corpus", demo.data / "corpus", "--out", tiny, "--seed", demo.seed)
     agentrft("sft", "--model", tiny, "--rows", rows, "--tools-url", demo.tools_url,
-             "--token-file", demo.token_file, "--out", warm, "--seed", demo.seed)
+             "--token-file", demo.token_file, "--out", warm, "--seed", demo.seed, "--measure", MEASURE_ROWS)
     return store_warm_model(demo.cache, key, warm)
 
 

@@ -236,3 +236,54 @@ def test_cli_errors_are_one_line(tmp_path: Path, synth_dir: Path, tiny_model_dir
     down = _cli("sft", "--model", str(tiny_model_dir), "--rows", rows, "--tools-url", "http://127.0.0.1:9",
                 "--out", str(tmp_path / "o"))
     assert down.returncode == 1 and "unreachable" in down.stderr and down.stderr.count("\n") == 1
+
+
+def test_strategy_shares_name_what_each_rollout_did(train_rows: list[Row], tiny_tools: str, tiny_model_dir: Path) -> None:
+    """Scripted rollouts through the real loop and tool server: one per strategy, each counted as such."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentrft.agent import RolloutSettings, rollout
+    from agentrft.agent.testing import ScriptedLocalPolicy, tool_call_text
+    from agentrft.model.measure import STRATEGIES, strategy_shares
+
+    rows = [row for row in train_rows if row.metadata.task_type == "numerical_qa"][:4]
+    plan = dict(zip((row.prompt for row in rows), ("good", "hasty", "wandering", "no_answer"), strict=True))
+    evidence = {row.prompt: row.expected.evidence_path for row in rows}
+
+    def script(messages: list[dict]) -> str:
+        question = next(m["content"] for m in messages if m["role"] == "user")
+        calls = sum(1 for m in messages if m["role"] == "tool")
+        search = tool_call_text("search", {"query": question})
+        read = tool_call_text("read", {"path": evidence[question]})
+        steps = {"good": [search, read], "hasty": [], "wandering": [search, search, read],
+                 "no_answer": [search] * 10}[plan[question]]
+        return steps[calls] if calls < len(steps) else "Revenue: $1M"
+
+    policy = ScriptedLocalPolicy(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                 AutoTokenizer.from_pretrained(tiny_model_dir), script)
+    trajectories = rollout(rows, policy, tiny_tools, TOKEN, RolloutSettings(max_tool_calls=4, seed=0))
+    assert strategy_shares(rows, trajectories) == {name: 0.25 for name in STRATEGIES}
+    assert strategy_shares(rows, trajectories[:1]) == {"good": 1.0, "hasty": 0.0, "wandering": 0.0, "no_answer": 0.0}
+
+
+def test_measured_strategies_are_kept_with_the_warm_start(train_rows: list[Row], tiny_tools: str, tiny_model_dir: Path,
+                                                          tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from agentrft.model.cli import _measure_strategies
+    from agentrft.model.measure import STRATEGIES
+    from agentrft.model.sft import WarmStartResult, WarmStartSettings
+
+    after = tmp_path / "warm"
+    shutil.copytree(tiny_model_dir, after)
+    result = WarmStartResult(out_dir=str(after), demonstrations=0, strategy_counts={}, demonstrations_correct={},
+                             drills=0, examples=0, steps=0, train_seconds=0.0, final_loss=None,
+                             settings=WarmStartSettings())
+    (after / "warm_start.json").write_text(result.model_dump_json())
+    _measure_strategies(tiny_model_dir, after, train_rows[:2], tiny_tools, TOKEN, seed=0)
+    kept = WarmStartResult.model_validate_json((after / "warm_start.json").read_text())
+    assert kept.measured_rollouts == 8
+    for shares in (kept.strategies_before, kept.strategies_after):
+        assert list(shares) == list(STRATEGIES) and abs(sum(shares.values()) - 1) < 0.01
+    assert kept.strategies_before == kept.strategies_after  # the same weights, rows and seed
+    assert "Strategies in 8 sampled rollouts (2 rows × 4)" in capsys.readouterr().out

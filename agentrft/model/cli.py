@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -57,6 +58,8 @@ def sft_command(
     epochs: int | None = typer.Option(None, min=1, help="Passes over the demonstrations (fresh drills each pass); default 9."),
     learning_rate: float | None = typer.Option(None, "--lr", help="Peak learning rate; default 1.5e-3."),
     seed: int = typer.Option(0, help="Seed of the strategy mixture, drills and training."),
+    measure: int = typer.Option(0, min=0, help="Also sample 4 rollouts on each of the first N rows before and "
+                                               "after, and report their strategy shares."),
 ) -> None:
     """Warm start ("fix the prior first"): SFT on scripted demonstrations of mixed quality."""
     from ..jsonl import read_models
@@ -86,6 +89,33 @@ def sft_command(
     console.print(f"Trained on {result.examples} examples ({result.drills} reading drills) in {result.steps} steps, "
                   f"{result.train_seconds:.0f}s; final loss {result.final_loss:.3f}")
     console.print(f"Saved the warm-started model to {out}")
+    if measure:
+        _measure_strategies(model, out, row_list[:measure], tools_url, token, seed)
+
+
+def _measure_strategies(before: Path, after: Path, rows: list, tools_url: str, token: str | None, seed: int) -> None:
+    """Strategy shares of sampled rollouts before and after the warm start, printed and kept in warm_start.json."""
+    import time
+
+    from .measure import measure_strategies
+    from .sft import WarmStartResult
+
+    samples, start = 4, time.perf_counter()
+    shares = [measure_strategies(path, rows, tools_url, token, samples, seed) for path in (before, after)]
+    record = after / "warm_start.json"
+    result = WarmStartResult.model_validate_json(record.read_text(encoding="utf-8"))
+    result.strategies_before, result.strategies_after = shares
+    result.measured_rollouts = len(rows) * samples
+    record.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    console.print(f"Strategies in {len(rows) * samples} sampled rollouts ({len(rows)} rows × {samples}), "
+                  f"measured in {time.perf_counter() - start:.0f}s:")
+    console.print(strategy_line(result))
+
+
+def strategy_line(result: Any) -> str:
+    """``good 0% → 34% · hasty … · no_answer 100% → 12%`` from a WarmStartResult that was measured."""
+    before, after = result.strategies_before or {}, result.strategies_after or {}
+    return "  " + " · ".join(f"{name} {before.get(name, 0):.0%} → {after.get(name, 0):.0%}" for name in after)
 
 
 def register(app: typer.Typer) -> None:

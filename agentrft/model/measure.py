@@ -20,6 +20,8 @@ from ..schema import Row
 from .prompts import MAX_NEW_TOKENS, MAX_TOOL_CALLS, MAX_TRAJECTORY_TOKENS, TEMPERATURE
 from .scripted import classify_strategy, trajectory_calls
 
+STRATEGIES = ("good", "hasty", "wandering", "no_answer")
+
 
 @dataclass
 class Measurement:
@@ -66,12 +68,9 @@ def measure(
     traj_rows = [by_id[t.row_id] for t in trajectories]
     grades = grade_all(default_grader(), traj_rows, trajectories)
     summary = summarise(rows, trajectories, grades)  # the prior check's buckets, success = full reward
-    strategies: Counter[str] = Counter()
     task_wins: dict[str, list[int]] = {}
-    for row, traj, grade in zip(traj_rows, trajectories, grades):
+    for row, grade in zip(traj_rows, grades):
         task_wins.setdefault(row.metadata.task_type, []).append(int((grade.reward or 0.0) >= 1.0))
-        answered = traj.stop_reason == "answer" and bool(traj.output_text.strip())
-        strategies[classify_strategy(trajectory_calls(traj), row, answered)] += 1
     total = max(len(trajectories), 1)
     return Measurement(
         rows=len(rows),
@@ -79,10 +78,33 @@ def measure(
         temperature=temperature,
         success=round(sum(r.successes for r in summary.results) / total, 3),
         buckets={k: summary.counts.get(k, 0) for k in ("never", "sometimes", "always")},
-        strategies={k: round(v / total, 3) for k, v in sorted(strategies.items())},
+        strategies=strategy_shares(rows, trajectories),
         success_by_task={k: round(sum(v) / len(v), 3) for k, v in sorted(task_wins.items())},
         seconds=round(time.perf_counter() - start, 1),
     )
+
+
+def strategy_shares(rows: list[Row], trajectories: list[Any]) -> dict[str, float]:
+    """Share of ``trajectories`` per strategy (good / hasty / wandering / no_answer), as the scripted
+    demonstrations define them; every strategy appears, 0.0 where none followed it."""
+    by_id = {row.id: row for row in rows}
+    counts: Counter[str] = Counter({name: 0 for name in STRATEGIES})
+    for traj in trajectories:
+        answered = traj.stop_reason == "answer" and bool(traj.output_text.strip())
+        counts[classify_strategy(trajectory_calls(traj), by_id[traj.row_id], answered)] += 1
+    total = max(len(trajectories), 1)
+    return {name: round(counts[name] / total, 3) for name in STRATEGIES}
+
+
+def measure_strategies(model_dir: Path, rows: list[Row], tools_url: str, token: str | None, samples: int,
+                       seed: int = 0) -> dict[str, float]:
+    """Strategy shares of ``samples`` rollouts per row of the model in ``model_dir``, at the training temperature."""
+    from ..agent.local import LocalPolicy
+    from ..agent.loop import rollout
+
+    trajectories = rollout(rows, LocalPolicy.from_pretrained(model_dir), tools_url, token,
+                           rollout_settings(TEMPERATURE, seed), samples_per_row=samples)
+    return strategy_shares(rows, trajectories)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,4 +135,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["Measurement", "measure", "rollout_settings"]
+__all__ = ["STRATEGIES", "Measurement", "measure", "measure_strategies", "rollout_settings", "strategy_shares"]

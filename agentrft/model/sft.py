@@ -84,6 +84,12 @@ class WarmStartResult(BaseModel):
     train_seconds: float
     final_loss: float | None
     settings: WarmStartSettings
+    strategies_before: dict[str, float] | None = None
+    """Strategy shares in sampled rollouts of the model before the warm start (``agentrft sft --measure``)."""
+    strategies_after: dict[str, float] | None = None
+    """The same after the warm start, on the same rows and seed."""
+    measured_rollouts: int = 0
+    """Rollouts behind each of the two."""
 
 
 def _trim(ids: list[int], mask: list[int], newline: int, eos: int) -> list[int]:

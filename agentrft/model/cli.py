@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..schema import Row
+    from .sft import WarmStartResult
 
 console = Console(highlight=False, emoji=False, soft_wrap=True)
 
@@ -79,8 +83,14 @@ def sft_command(
     console.print(f"Demonstrating on {len(row_list)} rows against {tools_url}, then {settings.epochs} epochs of SFT ...")
     try:
         result = warm_start(model, row_list, tools_url, out, token=token, settings=settings)
+        _report(result, out)
+        if measure:
+            _measure_strategies(model, out, row_list[:measure], tools_url, token, seed)
     except ToolServerUnavailable as exc:
         raise UserError(f"{exc}; is 'agentrft tools serve' running at {tools_url}?") from None
+
+
+def _report(result: WarmStartResult, out: Path) -> None:
     shares = ", ".join(
         f"{name} {n} ({result.demonstrations_correct.get(name, 0)} correct)"
         for name, n in sorted(result.strategy_counts.items())
@@ -89,11 +99,9 @@ def sft_command(
     console.print(f"Trained on {result.examples} examples ({result.drills} reading drills) in {result.steps} steps, "
                   f"{result.train_seconds:.0f}s; final loss {result.final_loss:.3f}")
     console.print(f"Saved the warm-started model to {out}")
-    if measure:
-        _measure_strategies(model, out, row_list[:measure], tools_url, token, seed)
 
 
-def _measure_strategies(before: Path, after: Path, rows: list, tools_url: str, token: str | None, seed: int) -> None:
+def _measure_strategies(before: Path, after: Path, rows: list[Row], tools_url: str, token: str | None, seed: int) -> None:
     """Strategy shares of sampled rollouts before and after the warm start, printed and kept in warm_start.json."""
     import time
 
@@ -112,7 +120,7 @@ def _measure_strategies(before: Path, after: Path, rows: list, tools_url: str, t
     console.print(strategy_line(result))
 
 
-def strategy_line(result: Any) -> str:
+def strategy_line(result: WarmStartResult) -> str:
     """``good 0% → 34% · hasty … · no_answer 100% → 12%`` from a WarmStartResult that was measured."""
     before, after = result.strategies_before or {}, result.strategies_after or {}
     return "  " + " · ".join(f"{name} {before.get(name, 0):.0%} → {after.get(name, 0):.0%}" for name in after)

@@ -10,6 +10,7 @@ generated tokens, end-of-turn token included, and 0 on everything the template o
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from .episode import Episode
@@ -23,6 +24,15 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[di
     return list(ids)
 
 
+_PREFIXES: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], list[int]]] = weakref.WeakKeyDictionary()
+"""Per tokenizer and tool name: the rendered one-call conversation that tool results are a suffix of."""
+
+
+def _head(name: str) -> list[dict[str, Any]]:
+    call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": {}}}
+    return [{"role": "user", "content": "dummy"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+
+
 def tool_suffix_ids(tokenizer: Any, tool_messages: list[dict[str, Any]]) -> list[int]:
     """Ids the template writes after an assistant turn's end token for these tool results.
 
@@ -30,18 +40,20 @@ def tool_suffix_ids(tokenizer: Any, tool_messages: list[dict[str, Any]]) -> list
     depend on how the template would re-serialise the model's own tool call.
     """
     name = tool_messages[0].get("name") or "tool"
-    call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": {}}}
-    head = [{"role": "user", "content": "dummy"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
-    prefix = tokenizer.apply_chat_template(head, add_generation_prompt=False, tokenize=True, return_dict=False)
-    full = tokenizer.apply_chat_template(
+    head = _head(name)
+    prefixes = _PREFIXES.setdefault(tokenizer, {})
+    key = (name, str(tokenizer.chat_template))  # a template changed later renders afresh
+    if key not in prefixes:  # the same for every call of this tool: rendered once (~1 ms a render)
+        prefix = list(tokenizer.apply_chat_template(head, add_generation_prompt=False, tokenize=True,
+                                                    return_dict=False))
+        # Templates such as Qwen's write "<|im_end|>\n" after a turn; the model stops at "<|im_end|>",
+        # so the delta must start right after the end token, newline included.
+        ends = [i for i, tok in enumerate(prefix) if tok == tokenizer.eos_token_id]
+        prefixes[key] = prefix[: ends[-1] + 1] if ends else prefix
+    prefix = prefixes[key]
+    full = list(tokenizer.apply_chat_template(
         head + tool_messages, add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    prefix, full = list(prefix), list(full)
-    # Templates such as Qwen's write "<|im_end|>\n" after a turn; the model stops at "<|im_end|>", so
-    # the delta must start right after the end token, newline included.
-    ends = [i for i, tok in enumerate(prefix) if tok == tokenizer.eos_token_id]
-    if ends:
-        prefix = prefix[: ends[-1] + 1]
+    ))
     if full[: len(prefix)] != prefix:
         raise ValueError("chat template is not prefix-preserving: tool results change earlier tokens")
     return full[len(prefix) :]

@@ -105,20 +105,25 @@ def _preallocated_layer(capacity: int) -> Any:
             self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
             return self.keys, self.values
 
-        def replace_contents(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-            """Hold ``keys`` and ``values`` instead (other rows or columns), in a fresh buffer of the same capacity."""
-            self.length = 0
-            self.update(keys, values)
+        def keep_rows(self, rows: torch.Tensor) -> None:
+            """Hold only ``rows`` of the batch, in a fresh buffer of the same capacity (one copy)."""
+            self._refill(len(rows), self.length,
+                         lambda old, out: torch.index_select(old, 0, rows, out=out))
+
+        def keep_columns(self, columns: torch.Tensor) -> None:
+            """Hold, of row ``r``, only the columns ``columns[r]``, in a fresh buffer of the same capacity."""
+            self._refill(columns.shape[0], columns.shape[1], lambda old, out: torch.gather(
+                old, 2, columns[:, None, :, None].expand(-1, old.shape[1], -1, old.shape[3]), out=out))
+
+        def _refill(self, rows: int, width: int, fill: Callable[[torch.Tensor, torch.Tensor], Any]) -> None:
+            for name, old in (("_k", self.keys), ("_v", self.values)):
+                buffer = old.new_empty((rows, old.shape[1], max(width, self.capacity), old.shape[3]))
+                fill(old, buffer[:, :, :width])  # straight into the new buffer: no intermediate copy
+                setattr(self, name, buffer)
+            self.length = width
+            self.keys, self.values = self._k[:, :, :width], self._v[:, :, :width]
 
     return PreallocatedLayer()
-
-
-def _gather(tensor: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
-    """``tensor[rows[r], :, columns[r, w], :]`` as ``[len(rows), heads, width, head_dim]`` (all columns if None)."""
-    picked = tensor.index_select(0, rows)
-    if columns is None:
-        return picked
-    return picked.gather(2, columns[:, None, :, None].expand(-1, picked.shape[1], -1, picked.shape[3]))
 
 
 def _pack(cache: Any, cached: list[int], new: list[int], width_cached: int, width_new: int,
@@ -136,9 +141,9 @@ def _pack(cache: Any, cached: list[int], new: list[int], width_cached: int, widt
         columns[i, width - c - n : width - n] = torch.arange(width_cached - c, width_cached)
         columns[i, width - n :] = torch.arange(width_cached + width_new - n, width_cached + width_new)
         mask[i, width - c - n : width] = 1
-    columns, every = columns.to(device), torch.arange(len(lengths), device=device)
+    columns = columns.to(device)
     for layer in cache.layers:
-        layer.replace_contents(_gather(layer.keys, every, columns), _gather(layer.values, every, columns))
+        layer.keep_columns(columns)
     return mask.to(device), width
 
 
@@ -325,7 +330,7 @@ class LocalPolicy:
             generator = torch.Generator(device=device).manual_seed(seed)
         mask, positions = mask.to(device), positions.to(device)
         next_pos = positions[:, -1] + 1
-        packable = bool(cache.layers) and all(hasattr(layer, "replace_contents") for layer in cache.layers)
+        packable = bool(cache.layers) and all(hasattr(layer, "keep_rows") for layer in cache.layers)
         lean = LeanStep.build(self.model) if packable and self.lean_decoding else None  # after this turn's weights
         live = list(range(rows))  # the row of ``batch`` at each position of the decoding batch
         begins = [0] * rows  # where each row's own columns begin, once packed
@@ -367,7 +372,7 @@ class LocalPolicy:
                     if packable and 4 * len(finished) >= len(live):
                         stay = torch.tensor([b for b, i in enumerate(live) if not done[i]], device=device)
                         for layer in cache.layers:
-                            layer.replace_contents(_gather(layer.keys, stay, None), _gather(layer.values, stay, None))
+                            layer.keep_rows(stay)
                         mask, tokens, next_pos = mask[stay], tokens[stay], next_pos[stay]
                         live = [live[b] for b in stay.tolist()]
                     feed, positions = tokens[:, None], (next_pos + step)[:, None]

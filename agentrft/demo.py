@@ -135,7 +135,7 @@ def write_config(demo: Demo, base_model: Path) -> None:
 def warm_model(demo: Demo) -> Path:
     """The embedded default: build the tiny model and warm-start it, or reuse the cached one."""
     from .model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
-    from .model.cli import strategy_line
+    from .model.measure import strategy_line
     from .model.sft import WarmStartResult, WarmStartSettings
 
     rows = demo.data / "research_train.jsonl"
@@ -148,7 +148,7 @@ def warm_model(demo: Demo) -> Path:
         result = WarmStartResult.model_validate_json(record.read_text()) if record.is_file() else None
         if result is not None and result.strategies_after:
             console.print(f"Strategies in {result.measured_rollouts} sampled rollouts at its warm start, before → after:")
-            console.print(strategy_line(result))
+            console.print(strategy_line(result.strategies_before or {}, result.strategies_after))
         return cached
     tiny = demo.out / "models" / "tiny"
     warm = demo.out / "models" / "tiny-warm"

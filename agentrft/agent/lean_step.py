@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 FAMILY = frozenset({"qwen2", "qwen3", "llama", "mistral"})
+"""Model types built as plain Llama-style decoders whose logits are exactly ``lm_head(last hidden state)``
+(no soft-capping or scaling); ``pretrain.causal_lm_loss`` relies on the same property."""
 MAX_PARAMETERS = 100_000_000
 
 

@@ -28,11 +28,6 @@ _PREFIXES: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], list[int]]] = we
 """Per tokenizer and tool name: the rendered one-call conversation that tool results are a suffix of."""
 
 
-def _head(name: str) -> list[dict[str, Any]]:
-    call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": {}}}
-    return [{"role": "user", "content": "dummy"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
-
-
 def tool_suffix_ids(tokenizer: Any, tool_messages: list[dict[str, Any]]) -> list[int]:
     """Ids the template writes after an assistant turn's end token for these tool results.
 
@@ -40,7 +35,8 @@ def tool_suffix_ids(tokenizer: Any, tool_messages: list[dict[str, Any]]) -> list
     depend on how the template would re-serialise the model's own tool call.
     """
     name = tool_messages[0].get("name") or "tool"
-    head = _head(name)
+    call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": {}}}
+    head = [{"role": "user", "content": "dummy"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
     prefixes = _PREFIXES.setdefault(tokenizer, {})
     key = (name, str(tokenizer.chat_template))  # a template changed later renders afresh
     if key not in prefixes:  # the same for every call of this tool: rendered once (~1 ms a render)

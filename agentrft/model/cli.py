@@ -105,7 +105,7 @@ def _measure_strategies(before: Path, after: Path, rows: list[Row], tools_url: s
     """Strategy shares of sampled rollouts before and after the warm start, printed and kept in warm_start.json."""
     import time
 
-    from .measure import measure_strategies
+    from .measure import measure_strategies, strategy_line
     from .sft import WarmStartResult
 
     samples, start = 4, time.perf_counter()
@@ -117,13 +117,7 @@ def _measure_strategies(before: Path, after: Path, rows: list[Row], tools_url: s
     record.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
     console.print(f"Strategies in {len(rows) * samples} sampled rollouts ({len(rows)} rows × {samples}), "
                   f"measured in {time.perf_counter() - start:.0f}s:")
-    console.print(strategy_line(result))
-
-
-def strategy_line(result: WarmStartResult) -> str:
-    """``good 0% → 34% · hasty … · no_answer 100% → 12%`` from a WarmStartResult that was measured."""
-    before, after = result.strategies_before or {}, result.strategies_after or {}
-    return "  " + " · ".join(f"{name} {before.get(name, 0):.0%} → {after.get(name, 0):.0%}" for name in after)
+    console.print(strategy_line(*shares))
 
 
 def register(app: typer.Typer) -> None:

@@ -96,6 +96,11 @@ def strategy_shares(rows: list[Row], trajectories: list[Any]) -> dict[str, float
     return {name: round(counts[name] / total, 3) for name in STRATEGIES}
 
 
+def strategy_line(before: dict[str, float], after: dict[str, float]) -> str:
+    """``  good 0% → 61% · hasty 27% → 6% · …`` for two strategy-share tables."""
+    return "  " + " · ".join(f"{name} {before.get(name, 0):.0%} → {after.get(name, 0):.0%}" for name in after)
+
+
 def measure_strategies(model_dir: Path, rows: list[Row], tools_url: str, token: str | None, samples: int,
                        seed: int = 0) -> dict[str, float]:
     """Strategy shares of ``samples`` rollouts per row of the model in ``model_dir``, at the training temperature."""
@@ -135,4 +140,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["STRATEGIES", "Measurement", "measure", "measure_strategies", "rollout_settings", "strategy_shares"]
+__all__ = ["STRATEGIES", "Measurement", "measure", "measure_strategies", "rollout_settings", "strategy_line",
+           "strategy_shares"]

@@ -85,9 +85,6 @@ def _attention_nll(attention: Any, target: Any) -> Any:
     return -(attention[rows, queries, target[rows, queries]] + 1e-6).log().mean()
 
 
-HEAD_ONLY_LOGITS = frozenset({"qwen2", "qwen3", "llama", "mistral"})
-"""Model types whose logits are exactly ``lm_head(last hidden state)`` (no soft-capping or scaling), so
-``causal_lm_loss`` may apply the head to the labelled positions alone."""
 
 
 def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items: Any = None,
@@ -101,7 +98,9 @@ def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items: Any = None,
     step 0.41 → 0.27 s). Other model types go through the model's own loss."""
     import torch.nn.functional as F
 
-    if getattr(model.config, "model_type", None) not in HEAD_ONLY_LOGITS:
+    from ..agent.lean_step import FAMILY  # logits exactly lm_head(h): the head may run on labelled positions alone
+
+    if getattr(model.config, "model_type", None) not in FAMILY:
         kwargs = {"num_items_in_batch": num_items} if num_items is not None else {}
         out = model(**inputs, output_attentions=output_attentions, use_cache=False, **kwargs)
         return out.loss, out

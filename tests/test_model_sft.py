@@ -100,8 +100,11 @@ def test_drills_train_on_a_fresh_answer_only(demos, tokenizer) -> None:
     swapped = [m for m, _ in drills if m[1]["content"] not in originals]
     assert swapped  # some drills ask for another line of the filing than their demonstration did
     for messages, tools in drills:
+        # only what the answer is read from: question, read call, its result, answer
+        assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
+        assert messages[2]["tool_calls"][0]["function"]["name"] == "read" and messages[3]["name"] == "read"
         answer = messages[-1]["content"]
-        read = [m for m in messages if m.get("name") == "read"][-1]["content"]
+        read = messages[3]["content"]
         assert answer in read  # the figure to copy is in what the model read
         label = answer.split(": ")[0]
         asked_plainly = [name for name in METRIC_LABELS.values() if f" {name.lower()}" in messages[1]["content"]]
@@ -128,7 +131,7 @@ def test_lookup_pairs_point_a_drill_answer_at_its_figure_in_the_read(demos, toke
         assert query + 1 >= start and ids[query + 1] in numbers  # the position that predicts the figure
         assert ids[key] == ids[query + 1] and key < start
         read_start = max(i for i, t in enumerate(ids[:start]) if t == tokenizer.convert_tokens_to_ids("<tool_response>"))
-        assert key > read_start  # copied from the last read, not from an earlier search snippet
+        assert key > read_start  # copied from the read, not from the question
         checked += 1
     assert checked == 10
 

@@ -4,10 +4,12 @@ Reading drills: demonstrations whose filing shows fresh random figures, graded o
 
 A 1M-parameter model shown the same 300 filings for several epochs memorises "Henderson Q3 2025 →
 19.7%" instead of learning to copy the figure that the read returned. A drill takes a good
-look-up demonstration and rewrites the highlight figures in the tool results (the read, and the
-same filing's search snippet) to new random values, so the only way to answer is to copy. New
-values every epoch make memorising impossible. The loss is on the final answer only: the drill's
-tool calls are the original demonstration's, already trained on.
+look-up demonstration and rewrites the highlight figures in its read to new random values, so the
+only way to answer is to copy. New values every epoch make memorising impossible. The loss is on
+the final answer only, so a drill keeps only what the answer is read from: the question, the read
+call and its result. The search before it was the original demonstration's, already trained on,
+and a third of the drill's tokens (measured on the demo's data: the warm start's 1,440 steps took
+179 s instead of 215 s, with the same prior check, 41 vs 42 of 200 answers right).
 
 Query drills: the same for the first search. Measured on the warm-started model, most failed
 rollouts searched for the wrong company ("Brannock" for a question about Meridian Biotech): 320
@@ -47,52 +49,34 @@ def _rewrite(text: str, values: dict[str, str]) -> str:
     return _HIGHLIGHT.sub(swap, text)
 
 
-def _rewrite_search(text: str, path: str, values: dict[str, str]) -> str:
-    """Rewrite only the snippet lines under ``path``'s hit in a search result."""
-    out, inside = [], False
-    for line in text.split("\n"):
-        if " (score " in line and not line.startswith(" "):
-            inside = line.split(" (score")[0] == path
-        out.append(_rewrite(line, values) if inside else line)
-    return "\n".join(out)
-
-
 def _ask_instead(question: str, metric: str, other: str) -> str:
     """``question`` asking for ``other`` where it named ``metric`` (the first time)."""
     return question.replace(f" {metric}", f" {other}", 1)
 
 
 def drill_from(demo: Demonstration, label: str, rng: random.Random) -> list[dict[str, Any]] | None:
-    """A drill built on ``demo``: new figures in its evidence, the asked ``label``'s figure as answer.
+    """A drill built on ``demo``: system, question, the last read call with new figures in its result,
+    and the asked ``label``'s figure as the answer.
 
-    Where the question names the metric plainly (``operating income``), the question and its search
-    ask for another line of the same filing: which line to copy is then read from the question too,
-    not remembered from the demonstration."""
+    Where the question names the metric plainly (``operating income``), the drill asks for another
+    line of the same filing: which line to copy is then read from the question too, not remembered
+    from the demonstration."""
     read_index = max((i for i, m in enumerate(demo.messages) if m.get("name") == "read"), default=None)
-    if read_index is None:
+    if read_index is None or read_index < 3 or not demo.messages[read_index - 1].get("tool_calls"):
         return None
     read = demo.messages[read_index]["content"]
     old = {m.group("label"): m.group("value") for m in _HIGHLIGHT.finditer(read)}
     if label not in old:
         return None
     values = {name: random_figure(value, rng) for name, value in old.items()}
-    path = demo.tool_calls[-1][1].get("path", "")
-    messages = copy.deepcopy(demo.messages)
-    for message in messages:
-        if message.get("name") == "search":
-            message["content"] = _rewrite_search(message["content"], path, values)
+    messages = copy.deepcopy(demo.messages[:2] + demo.messages[read_index - 1 : read_index + 1])
     question = messages[1]["content"]
     if f" {label.lower()}" in question:
         asked = rng.choice(sorted(old))
         messages[1]["content"] = _ask_instead(question, label.lower(), asked.lower())
-        for message in messages:
-            for call in message.get("tool_calls") or []:
-                arguments = call["function"]["arguments"]
-                if call["function"]["name"] == "search" and isinstance(arguments.get("query"), str):
-                    arguments["query"] = arguments["query"].replace(label.lower(), asked.lower())
         label = asked
-    messages[read_index]["content"] = _rewrite(read, values)
-    messages[-1] = {"role": "assistant", "content": f"{label}: {values[label]}"}
+    messages[-1]["content"] = _rewrite(read, values)
+    messages.append({"role": "assistant", "content": f"{label}: {values[label]}"})
     return messages
 
 

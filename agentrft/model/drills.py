@@ -62,8 +62,8 @@ def drill_from(demo: Demonstration, label: str, rng: random.Random) -> list[dict
     line of the same filing: which line to copy is then read from the question too, not remembered
     from the demonstration."""
     read_index = max((i for i, m in enumerate(demo.messages) if m.get("name") == "read"), default=None)
-    if read_index is None or read_index < 3 or not demo.messages[read_index - 1].get("tool_calls"):
-        return None
+    if read_index is None or read_index < 3 or len(demo.messages[read_index - 1].get("tool_calls") or []) != 1:
+        return None  # the read's call must be its message's only one, or the drill would hold an unanswered call
     read = demo.messages[read_index]["content"]
     old = {m.group("label"): m.group("value") for m in _HIGHLIGHT.finditer(read)}
     if label not in old:

@@ -283,7 +283,7 @@ def test_measured_strategies_are_kept_with_the_warm_start(train_rows: list[Row],
                              drills=0, examples=0, steps=0, train_seconds=0.0, final_loss=None,
                              settings=WarmStartSettings())
     (after / "warm_start.json").write_text(result.model_dump_json())
-    _measure_strategies(tiny_model_dir, after, train_rows[:2], tiny_tools, TOKEN, seed=0)
+    _measure_strategies(result, tiny_model_dir, after, train_rows[:2], tiny_tools, TOKEN, seed=0)
     kept = WarmStartResult.model_validate_json((after / "warm_start.json").read_text())
     assert kept.measured_rollouts == 8
     for shares in (kept.strategies_before, kept.strategies_after):

@@ -85,7 +85,7 @@ def sft_command(
         result = warm_start(model, row_list, tools_url, out, token=token, settings=settings)
         _report(result, out)
         if measure:
-            _measure_strategies(model, out, row_list[:measure], tools_url, token, seed)
+            _measure_strategies(result, model, out, row_list[:measure], tools_url, token, seed)
     except ToolServerUnavailable as exc:
         raise UserError(f"{exc}; is 'agentrft tools serve' running at {tools_url}?") from None
 
@@ -101,17 +101,16 @@ def _report(result: WarmStartResult, out: Path) -> None:
     console.print(f"Saved the warm-started model to {out}")
 
 
-def _measure_strategies(before: Path, after: Path, rows: list[Row], tools_url: str, token: str | None, seed: int) -> None:
+def _measure_strategies(result: WarmStartResult, before: Path, after: Path, rows: list[Row], tools_url: str,
+                        token: str | None, seed: int) -> None:
     """Strategy shares of sampled rollouts before and after the warm start, printed and kept in warm_start.json."""
     import time
 
     from .measure import measure_strategies, strategy_line
-    from .sft import WarmStartResult
 
     samples, start = 4, time.perf_counter()
     shares = [measure_strategies(path, rows, tools_url, token, samples, seed) for path in (before, after)]
     record = after / "warm_start.json"
-    result = WarmStartResult.model_validate_json(record.read_text(encoding="utf-8"))
     result.strategies_before, result.strategies_after = shares
     result.measured_rollouts = len(rows) * samples
     record.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")

@@ -85,8 +85,6 @@ def _attention_nll(attention: Any, target: Any) -> Any:
     return -(attention[rows, queries, target[rows, queries]] + 1e-6).log().mean()
 
 
-
-
 def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items: Any = None,
                    output_attentions: bool = False) -> tuple[Any, Any]:
     """The causal-LM cross-entropy of ``model(**inputs)`` (``inputs`` hold ``labels``) and the model's outputs.

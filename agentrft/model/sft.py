@@ -119,30 +119,24 @@ def _last_span(mask: list[int]) -> list[int]:
     return out
 
 
-_TRAINING_TEMPLATES: dict[str, str] = {}
-
-
-def _training_template(tokenizer: Any) -> str:
-    """The training variant of the tokenizer's chat template, as TRL patches it, worked out once per template.
+def training_template(tokenizer: Any) -> str:
+    """The training variant of the tokenizer's chat template (``{% generation %}`` markers), as TRL patches it.
 
     TRL's ``get_training_chat_template`` renders test conversations to decide whether a template needs
-    patching: three renders for every example it is asked about, three quarters of the time it took to
-    encode the ~8,600 drills of a warm start."""
+    patching; asked once per example, that was three quarters of the time it took to encode the ~8,600
+    drills of a warm start, so ``build_examples`` asks once and passes the answer on."""
     from trl.chat_template_utils import get_training_chat_template
 
-    current = tokenizer.chat_template
-    if not isinstance(current, str):  # named templates: not cached
-        return get_training_chat_template(tokenizer) or current
-    if current not in _TRAINING_TEMPLATES:
-        _TRAINING_TEMPLATES[current] = get_training_chat_template(tokenizer) or current
-    return _TRAINING_TEMPLATES[current]
+    return get_training_chat_template(tokenizer) or tokenizer.chat_template
 
 
 def encode_example(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]], answer_only: bool = False
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]], answer_only: bool = False,
+    template: str | None = None,
 ) -> dict[str, list[int]]:
-    """``input_ids`` and ``assistant_masks`` of one conversation (answer only for a drill)."""
-    template = _training_template(tokenizer)
+    """``input_ids`` and ``assistant_masks`` of one conversation (answer only for a drill); ``template``:
+    ``training_template(tokenizer)``, worked out here when not given."""
+    template = template or training_template(tokenizer)
     enc = tokenizer.apply_chat_template(
         messages, tools=tools, chat_template=template, tokenize=True, return_dict=True,
         return_assistant_tokens_mask=True,
@@ -163,7 +157,8 @@ def build_examples(
     from .drills import drill_sources, make_drills, make_query_drills, query_sources
     from .pretrain import lookup_example, lookup_pairs, name_token_ids, number_token_ids
 
-    encoded = [encode_example(tokenizer, d.messages, d.tools) for d in demos]
+    template = training_template(tokenizer)
+    encoded = [encode_example(tokenizer, d.messages, d.tools, template=template) for d in demos]
     sources = drill_sources(demos, METRIC_LABELS)
     labels = list(METRIC_LABELS.values())
     companies = [c.name for c in COMPANIES]
@@ -176,7 +171,7 @@ def build_examples(
     for _ in range(settings.epochs):
         examples += encoded
         for messages, tools in make_drills(sources, per_epoch, rng) + make_query_drills(queries, query_drills, rng):
-            examples.append(encode_example(tokenizer, messages, tools, answer_only=True))
+            examples.append(encode_example(tokenizer, messages, tools, answer_only=True, template=template))
             n_drills += 1
         for _ in range(tables):
             ids, mask = lookup_example(tokenizer, labels, rng)
@@ -364,6 +359,7 @@ __all__ = [
     "build_examples",
     "collect_demonstrations",
     "encode_example",
+    "training_template",
     "train_on_examples",
     "warm_start",
 ]

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from ..schema import Grade, Row, Trajectory
 from .config import TrainConfig
+from .logprobs import GeneratedTokens
 
 REQUIRED_KEYS = ("prompt_ids", "completion_ids", "logprobs")
 ENV_MASK_KEY = "env_mask"
@@ -60,6 +61,10 @@ def check_trl_contract() -> None:
     for needle in ("self.rollout_func(prompts, self)", '"env_mask"', *(f'"{key}"' for key in REQUIRED_KEYS)):
         if needle not in source:
             raise RuntimeError(f"trl {trl.__version__}: rollout_func contract changed ({needle} not found)")
+    # logprobs.GeneratedTokens leaves tool tokens' log-probs at 0: the loss must mask them out first.
+    needle = 'mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]'
+    if needle not in inspect.getsource(inspect.unwrap(grpo_trainer.GRPOTrainer._compute_loss)):
+        raise RuntimeError(f"trl {trl.__version__}: the loss no longer masks tool tokens the way agentrft relies on")
 
 
 def to_trl_batch(trajectories: Sequence[Trajectory], pad_token_id: int) -> dict[str, Any]:
@@ -102,7 +107,14 @@ class StepRecord:
 class AgentRollouts:
     """Owns the rows, the runner and the grader; hands TRL a ``rollout_func`` and a reward function."""
 
-    def __init__(self, rows: Sequence[Row], runner: RolloutRunner, grader: Any, seed: int = 0) -> None:
+    def __init__(
+        self,
+        rows: Sequence[Row],
+        runner: RolloutRunner,
+        grader: Any,
+        seed: int = 0,
+        generated: GeneratedTokens | None = None,
+    ) -> None:
         self.rows_by_id = {row.id: row for row in rows}
         # TRL hands the rollout function prompt text only; rows sharing a prompt roll out alike and
         # are told apart at grading time by the dataset's row_id column.
@@ -112,6 +124,7 @@ class AgentRollouts:
         self.runner = runner
         self.grader = grader
         self.seed = seed
+        self.generated = generated
         self._lock = threading.Lock()
         self.last: StepRecord | None = None
 
@@ -142,6 +155,11 @@ class AgentRollouts:
             trajectory.sample_index = index % max(1, trainer.num_generations)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         batch = to_trl_batch(trajectories, pad)
+        if self.generated is not None:
+            self.generated.record(
+                [p + c for p, c in zip(batch["prompt_ids"], batch["completion_ids"], strict=True)],
+                [[0] * len(p) + m for p, m in zip(batch["prompt_ids"], batch[ENV_MASK_KEY], strict=True)],
+            )
         batch["trajectory"] = trajectories
         with self._lock:
             self.last = StepRecord(step=step, trajectories=trajectories)

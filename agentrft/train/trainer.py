@@ -49,6 +49,7 @@ from ..errors import UserError, where
 from ..jsonl import read_models
 from ..schema import Row
 from .config import TrainConfig
+from .logprobs import GeneratedTokens
 from .monitor import Monitor, trim_metrics
 from .rollout import AgentRollouts, RolloutRunner, agent_loop_runner, check_trl_contract
 
@@ -147,7 +148,9 @@ def grpo_args(cfg: TrainConfig, use_cuda: bool, world_size: int) -> Any:
             f"{where(cfg.source or 'config', field='batch_size')}: batch_size × group_size = "
             f"{cfg.trajectories_per_step} must be a multiple of micro_batch_size × processes = {per_step}"
         )
-    bf16 = use_cuda if cfg.bf16 is None else cfg.bf16
+    # On a CPU, bf16 is the compact log-prob forward's autocast (``cpu_autocast``), not TRL's: TRL's
+    # would autocast every forward of the model, the rollouts' included.
+    bf16 = use_cuda and cfg.bf16 is not False
     return GRPOConfig(
         output_dir=str(cfg.output_dir / CHECKPOINTS_DIR),
         learning_rate=cfg.learning_rate,
@@ -208,9 +211,11 @@ def train(
     checkpoint = prepare_run_dir(cfg, resume, console)
     if runner is None:
         runner = agent_loop_runner(cfg, cfg.tools_token())
-    rollouts = AgentRollouts(rows, runner, grader or build_grader(cfg), seed=cfg.seed)
-
     use_cuda = torch.cuda.is_available()
+    # on a CPU the compact log-prob forward scores only the tokens the rollouts say the policy generated
+    generated = None if use_cuda else GeneratedTokens()
+    rollouts = AgentRollouts(rows, runner, grader or build_grader(cfg), seed=cfg.seed, generated=generated)
+
     args = grpo_args(cfg, use_cuda, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
@@ -242,6 +247,8 @@ def train(
     )
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
+    if generated is not None:
+        _compact_logprobs(trainer, cfg.temperature, cpu_autocast(cfg), generated)
     monitor.attach(trainer)
     trainer.rollouts = rollouts  # reachable from tests and custom runners
     try:
@@ -259,6 +266,25 @@ def train(
         best_dir=monitor.best_dir if best else None,
         last_checkpoint=last_checkpoint(cfg.output_dir),
     )
+
+
+def cpu_autocast(cfg: TrainConfig) -> bool:
+    """Whether the loss's backbone runs in bf16 autocast on a CPU (weights and rollouts stay float32)."""
+    from ..hardware import cpu_has_native_bf16
+
+    return cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16
+
+
+def _compact_logprobs(trainer: Any, temperature: float, autocast: bool, generated: GeneratedTokens) -> None:
+    """On a CPU, TRL's fused LM head scores every padded position; ``logprobs`` scores only labels."""
+    from .logprobs import covers, install_compact_logprobs
+
+    policy = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    for model, with_entropy in ((policy, True), (trainer.ref_model, False)):
+        if model is not None and covers(model):
+            install_compact_logprobs(
+                model, temperature, with_entropy=with_entropy, autocast=autocast, generated=generated
+            )
 
 
 def _lora_config(cfg: TrainConfig) -> Any:

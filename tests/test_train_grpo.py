@@ -1,0 +1,194 @@
+"""GRPO's plumbing through TRL on the tiny model: what one update does to the policy.
+
+The rollouts go through the real agent loop and tool server; the policy's turns are scripted (the
+same token bookkeeping as a sampled turn), so each trajectory's generated tokens are known and the
+grader can give them the rewards a test needs. Training is full-parameter with a rate high enough
+for one step to show.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from agentrft.agent import render
+from agentrft.agent.parse import parse_reply
+from agentrft.schema import Grade, Row, ToolResultTurn, Trajectory
+from agentrft.train.config import config_from_dict
+
+from conftest import TOOL_TOKEN
+
+SEARCH = '<tool_call>\n{"name": "search", "arguments": {"query": "Atlas Corp revenue"}}\n</tool_call>'
+RIGHT, WRONG = "Revenue: $107M", "Revenue: $999M"
+
+
+class ScriptedPolicy:
+    """Writes ``scripts[k][turn]`` for the k-th rollout of the batch, through the real token bookkeeping."""
+
+    name = "scripted"
+
+    def __init__(self, tokenizer: Any, scripts: list[list[str]]) -> None:
+        self.tokenizer, self.scripts = tokenizer, scripts
+        self.order: dict[int, int] = {}
+
+    async def generate(self, episodes: list[Any], settings: Any) -> list[Any]:
+        tok, replies = self.tokenizer, []
+        for episode in episodes:
+            k = self.order.setdefault(id(episode), len(self.order)) % len(self.scripts)
+            if episode.token_ids is None:
+                render.start(episode, tok)
+            else:
+                render.append_context(episode, render.pending_context(episode, tok))
+            ids = tok.encode(self.scripts[k][episode.replies], add_special_tokens=False) + [tok.eos_token_id]
+            prefix = list(episode.token_ids)
+            render.append_generated(episode, ids, [-1.0] * len(ids))
+            replies.append(parse_reply(tok, ids, prefix, episode.tools, True))
+        return replies
+
+
+def scripted_runner(tools_url: str, scripts: list[list[str]]) -> Any:
+    from agentrft.agent.loop import RolloutSettings, rollout
+
+    def run(rows, model, tokenizer, greedy, seed):  # type: ignore[no-untyped-def]
+        settings = RolloutSettings(max_tool_calls=2, max_trajectory_tokens=1024, max_new_tokens=32, seed=seed)
+        return rollout(rows, ScriptedPolicy(tokenizer, scripts), tools_url, TOOL_TOKEN, settings)
+
+    return run
+
+
+class AnswerGrader:
+    """1 for the right figure, 0 for the wrong one; ``same`` gives every trajectory 0.5."""
+
+    name = "answer"
+
+    def __init__(self, same: bool = False) -> None:
+        self.same = same
+
+    def grade(self, row: Row, trajectory: Trajectory) -> Grade:
+        if self.same:
+            return Grade(reward=0.5, grader=self.name)
+        return Grade(reward=1.0 if "107" in trajectory.output_text else 0.0, grader=self.name)
+
+
+def one_step(tmp_path: Path, synth_dir: Path, model_dir: Path, url: str, grader: Any,
+             monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """One GRPO step on one prompt with two scripted rollouts; returns the result and TRL's loss inputs."""
+    from trl import GRPOTrainer
+
+    from agentrft.train.trainer import train
+
+    seen: list[dict[str, Any]] = []
+    original = GRPOTrainer._compute_loss
+
+    @functools.wraps(original)
+    def spy(self, model, inputs):  # type: ignore[no-untyped-def]
+        seen.append({k: v.detach().clone() if torch.is_tensor(v) else v for k, v in inputs.items()})
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", spy)
+    monkeypatch.setenv("TOOL_BEARER", TOOL_TOKEN)
+    data = dict(
+        train_path=str(synth_dir / "research_train.jsonl"), val_path=None, base_model=str(model_dir),
+        tools_url=url, group_size=2, batch_size=1, max_steps=1, temperature=1.0, kl_coef=0.03,
+        learning_rate=3e-3, warmup_steps=0, seed=0, lora=None, bf16=False, output_dir=str(tmp_path / "run"),
+        save_every=1, trace_samples=0,
+    )
+    data.update(overrides)
+    torch.set_num_threads(1)
+    result = train(config_from_dict(data), runner=scripted_runner(url, [[SEARCH, RIGHT], [SEARCH, WRONG]]),
+                   grader=grader)
+    return result, seen
+
+
+def generated_logprob(model: Any, trajectory: Trajectory) -> float:
+    """Sum of the model's log-probs of the trajectory's generated tokens (temperature 1)."""
+    ids = torch.tensor([trajectory.token_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    picked = logp.gather(1, ids[0, 1:, None]).squeeze(1)
+    mask = torch.tensor(trajectory.loss_mask[1:], dtype=torch.bool)
+    return float(picked[mask].sum())
+
+
+def trajectories(tokenizer: Any, url: str, row: Row) -> list[Trajectory]:
+    from agentrft.agent.loop import RolloutSettings, rollout
+
+    settings = RolloutSettings(max_tool_calls=2, max_trajectory_tokens=1024, max_new_tokens=32)
+    policy = ScriptedPolicy(tokenizer, [[SEARCH, RIGHT], [SEARCH, WRONG]])
+    return rollout([row, row], policy, url, TOOL_TOKEN, settings)
+
+
+def test_update_raises_the_better_completion_and_lowers_the_worse(
+    tmp_path: Path, synth_dir: Path, tiny_model_dir: Path, tool_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result, seen = one_step(tmp_path, synth_dir, tiny_model_dir, tool_server, AnswerGrader(), monkeypatch)
+    assert result.steps == 1 and result.last_checkpoint is not None
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    row = Row.model_validate_json((synth_dir / "research_train.jsonl").read_text().splitlines()[0])
+    right, wrong = trajectories(tokenizer, tool_server, row)
+    before = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).float()
+    after = AutoModelForCausalLM.from_pretrained(str(result.last_checkpoint)).float()
+    assert generated_logprob(after, right) > generated_logprob(before, right) + 0.05
+    assert generated_logprob(after, wrong) < generated_logprob(before, wrong) - 0.05
+
+    # What TRL's loss saw: advantages of opposite sign, and a loss mask that is 1 exactly on the
+    # policy's own turns and 0 on every tool result.
+    [inputs] = seen
+    assert inputs["advantages"].shape == (2,) and float(inputs["advantages"].prod()) < 0
+    mask = (inputs["completion_mask"] * inputs["tool_mask"]).bool()
+    for ids, row_mask in zip(inputs["completion_ids"].tolist(), mask.tolist()):
+        trained = tokenizer.decode([i for i, m in zip(ids, row_mask) if m])
+        masked = tokenizer.decode([i for i, m in zip(ids, row_mask) if not m])
+        assert "search" in trained and ("107" in trained or "999" in trained)
+        output = next(t.output for t in right.turns if isinstance(t, ToolResultTurn))
+        assert output[:40] in masked and output[:40] not in trained
+
+
+def test_a_group_with_equal_rewards_contributes_no_gradient(
+    tmp_path: Path, synth_dir: Path, tiny_model_dir: Path, tool_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from agentrft.train.monitor import read_metrics
+
+    result, seen = one_step(tmp_path, synth_dir, tiny_model_dir, tool_server, AnswerGrader(same=True), monkeypatch)
+    [inputs] = seen
+    assert torch.count_nonzero(inputs["advantages"]) == 0
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert rows[-1].grad_norm == 0.0 and rows[-1].zero_std_groups == 1.0
+    before = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(str(result.last_checkpoint)).state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_a_few_sampled_steps_move_the_policy(
+    tmp_path: Path, synth_dir: Path, tiny_model_dir: Path, tool_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sampled rollouts from the model itself (not scripted): three steps change a fixed trajectory's log-probs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentrft.train.trainer import train
+    from test_train import OddTokenGrader
+    from test_train import scripted_runner as first_call_searches
+
+    monkeypatch.setenv("TOOL_BEARER", TOOL_TOKEN)
+    torch.set_num_threads(1)
+    cfg = config_from_dict(dict(
+        train_path=str(synth_dir / "research_train.jsonl"), val_path=None, base_model=str(tiny_model_dir),
+        tools_url=tool_server, group_size=4, batch_size=2, max_steps=3, temperature=0.7, kl_coef=0.03,
+        learning_rate=1e-3, warmup_steps=0, seed=0, lora=None, max_new_tokens=24, output_dir=str(tmp_path / "run"),
+        save_every=3, trace_samples=0,
+    ))
+    result = train(cfg, runner=first_call_searches(tool_server, TOOL_TOKEN), grader=OddTokenGrader())
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    row = Row.model_validate_json((synth_dir / "research_train.jsonl").read_text().splitlines()[0])
+    fixed, _ = trajectories(tokenizer, tool_server, row)
+    before = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).float()
+    after = AutoModelForCausalLM.from_pretrained(str(result.last_checkpoint)).float()
+    assert abs(generated_logprob(after, fixed) - generated_logprob(before, fixed)) > 1e-3

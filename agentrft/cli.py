@@ -2,7 +2,8 @@
 
 Each step's module registers its own commands through ``register(app)``; heavy libraries (torch,
 transformers, sentence-transformers) are imported inside the commands so ``agentrft --help`` and the
-light commands start fast. ``main`` turns a ``UserError`` into one line on stderr and exit 1.
+light commands start fast. ``main`` turns a ``UserError`` into one line on stderr and exit 1, and so,
+as a last net, a file that is not UTF-8 or cannot be opened.
 """
 
 from __future__ import annotations
@@ -73,6 +74,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except UnicodeDecodeError as exc:
+        # Readers go through agentrft.files, which names the file and line; this catches one that
+        # does not (a file read by a library), so the user still gets a line, not a traceback.
+        message = f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        _err.print(f"error: {message}", markup=False)
+        sys.exit(1)
+    except OSError as exc:
+        if exc.filename is None:  # a socket or a subprocess, not a file: a bug to see in full
+            raise
+        _err.print(f"error: {exc.filename}: {exc.strerror or exc.__class__.__name__}", markup=False)
+        sys.exit(1)
     except ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -14,6 +14,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .errors import UserError
+from .files import iter_lines
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -30,32 +31,54 @@ def describe_validation_error(err: ValidationError) -> list[str]:
     return out
 
 
-def iter_json_lines(path: Path) -> Iterator[tuple[int, object | None, str | None]]:
-    """Yield ``(line_number, value, error)`` for each non-blank line; exactly one of value/error."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a JSONL file") from None
-    with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield number, None, f"malformed JSON ({exc.msg} at column {exc.colno})"
+def describe_json_error(exc: json.JSONDecodeError) -> str:
+    """``malformed JSON (what at column N)``; the line is the caller's to give."""
+    return f"malformed JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
 
 
-def read_numbered_models(path: str | Path, model: type[M]) -> list[tuple[int, M]]:
-    """Read a JSONL file of ``model`` with each item's 1-based line number; one UserError lists every bad line."""
+def json_type(value: object) -> str:
+    """A JSON value's kind as a user would name it: "an array", "a number", "a string", ..."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    names = {dict: "an object", list: "an array", str: "a string", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def iter_json_lines(path: Path, what: str = "a JSONL file") -> Iterator[tuple[int, object | None, str | None]]:
+    """Yield ``(line_number, value, error)`` for each non-blank line; exactly one of value/error.
+
+    A file that cannot be read at all (missing, a directory, not UTF-8, a line over
+    ``MAX_LINE_BYTES``) is one UserError instead: each of its lines would say the same.
+    """
+    for number, line in iter_lines(path, what):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield number, None, describe_json_error(exc)
+
+
+def read_numbered_models(path: str | Path, model: type[M], allow_empty: bool = False) -> list[tuple[int, M]]:
+    """Read a JSONL file of ``model`` with each item's 1-based line number; one UserError lists every bad line.
+
+    A file without a single JSON line is an error unless ``allow_empty`` (a command's own output,
+    created before its first record): an empty dataset is a mistake that would otherwise pass as
+    "0 rows".
+    """
     path = Path(path)
     items: list[tuple[int, M]] = []
     problems: list[str] = []
-    for number, value, error in iter_json_lines(path):
+    seen_line = False
+    for number, value, error in iter_json_lines(path, f"a JSONL file of {model.__name__}"):
+        seen_line = True
         if error:
             problems.append(f"{path}:{number}: {error}")
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{path}:{number}: expected a JSON object ({model.__name__}), got {json_type(value)}")
             continue
         try:
             items.append((number, model.model_validate(value)))
@@ -65,12 +88,14 @@ def read_numbered_models(path: str | Path, model: type[M]) -> list[tuple[int, M]
         shown = problems[:20]
         more = f"\n… and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise UserError("\n".join(shown) + more)
+    if not seen_line and not allow_empty:
+        raise UserError(f"{path}: empty (no JSON lines); expected JSONL, one {model.__name__} a line")
     return items
 
 
-def read_models(path: str | Path, model: type[M]) -> list[M]:
+def read_models(path: str | Path, model: type[M], allow_empty: bool = False) -> list[M]:
     """Read a JSONL file of ``model``; raise one UserError listing every bad line."""
-    return [item for _, item in read_numbered_models(path, model)]
+    return [item for _, item in read_numbered_models(path, model, allow_empty)]
 
 
 def write_models(path: str | Path, items: Iterable[BaseModel], append: bool = False) -> int:

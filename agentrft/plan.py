@@ -33,6 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .files import read_text
+from .jsonl import describe_json_error, json_type
 
 GIB = 1024**3
 BF16 = 2
@@ -85,9 +87,11 @@ def arch_from_config(path: Path) -> Arch:
     """Read a local model's ``config.json`` (a directory or the file itself)."""
     cfg_path = path / "config.json" if path.is_dir() else path
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{cfg_path}: cannot read a model config ({exc})") from None
+        cfg = json.loads(read_text(cfg_path, "a model's config.json"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{cfg_path}:{exc.lineno}: {describe_json_error(exc)}; expected a model's config.json") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{cfg_path}: expected a JSON object (a model's config.json), got {json_type(cfg)}")
     try:
         heads = cfg["num_attention_heads"]
         hidden = cfg["hidden_size"]

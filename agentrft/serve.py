@@ -30,6 +30,7 @@ import typer
 from pydantic import BaseModel, Field
 
 from .errors import UserError
+from .files import read_text
 from .schema import Row
 
 DEFAULT_PORT = 8100
@@ -188,7 +189,4 @@ def register(app: typer.Typer) -> None:
 def _read_token(path: Path | None) -> str | None:
     if path is None:
         return os.environ.get("TOOL_BEARER")
-    try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the token file ({exc.strerror})") from None
+    return read_text(path, "a token file").strip()

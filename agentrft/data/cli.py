@@ -56,13 +56,10 @@ def validate_command(files: list[Path] = typer.Argument(..., help="Row files (JS
     report = validate_files(files)
     if not report.ok:
         count = len(report.problems)
-        raise UserError("\n".join([*report.problems, f"{count} problem{'s' if count != 1 else ''} found"]))
+        total = [f"{count} problems found"] if count > 1 else []  # one problem is its own summary
+        raise UserError("\n".join([*report.problems, *total]))
     for line in summary_lines(report):
         console.print(line, markup=False)
-
-
-def _read_raw_lines(path: Path) -> list[str]:
-    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @data_app.command("split")
@@ -74,16 +71,19 @@ def split_command(
     name: str = typer.Option("", help="Output name stem (default: the input's stem)."),
 ) -> None:
     """Split rows into train/val, stratified by task type × difficulty; ids unchanged."""
-    from ..jsonl import read_models
+    from ..files import iter_lines
+    from ..jsonl import read_numbered_models
     from ..schema import Row
     from .split import check_val_frac, stratified_split
 
     check_val_frac(val_frac)
-    rows = read_models(file, Row)
+    numbered = read_numbered_models(file, Row)
+    rows = [row for _, row in numbered]
     if len(rows) < 2:
         raise UserError(f"{file}: {len(rows)} rows; a split needs at least 2")
     # Rows are written back as they were read (same keys, same order), not re-serialised.
-    raw = {id(row): line for row, line in zip(rows, _read_raw_lines(file))}
+    lines = dict(iter_lines(file))
+    raw = {id(row): lines[number] for number, row in numbered}
     result = stratified_split(rows, val_frac, seed)
     stem = name or file.stem
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,12 +111,16 @@ def import_logs_command(
     id_prefix: str = typer.Option("log", help="Row ids become PREFIX-0001, PREFIX-0002, ..."),
 ) -> None:
     """Turn production logs with a reference (label, reference_answer or reviewer feedback) into rows."""
+    from ..files import refuse_overwrite
     from ..jsonl import write_models
     from .logs import import_logs
 
+    refuse_overwrite(out, logs)
     result = import_logs(logs, id_prefix=id_prefix)
     for reason in result.left_out:
         console.print(f"left out: {reason}", markup=False)
+    if not result.rows and not result.left_out:
+        raise UserError(f"{logs}: empty (no JSON lines); expected chat logs, one JSON record a line")
     if not result.rows:
         raise UserError(f"{logs}: no log line has a usable reference; nothing written")
     write_models(out, result.rows)

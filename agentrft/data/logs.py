@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..jsonl import iter_json_lines
+from ..jsonl import iter_json_lines, json_type
 from ..schema import Expected, Row, RowMetadata, ToolSpec
 from .questions import normalise_prompt
 
@@ -103,7 +103,7 @@ def _tools(log: dict[str, Any]) -> list[ToolSpec]:
 def log_to_row(log: Any, row_id: str, source: str) -> Row:
     """One log record as a Row, or _Skip with the reason."""
     if not isinstance(log, dict):
-        raise _Skip(f"expected a JSON object, got {type(log).__name__}")
+        raise _Skip(f"expected a JSON object, got {json_type(log)}")
     messages = log.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _Skip("no 'messages' list")
@@ -138,7 +138,7 @@ def import_logs(path: Path, id_prefix: str = "log") -> ImportResult:
     """Convert every usable log line; report the rest. Duplicate prompts keep the first."""
     result = ImportResult()
     first_prompt: dict[str, int] = {}
-    for number, value, error in iter_json_lines(path):
+    for number, value, error in iter_json_lines(path, "a JSONL file of chat logs"):
         if error:
             result.left_out.append(f"{path}:{number}: {error}")
             continue

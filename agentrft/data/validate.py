@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..jsonl import iter_json_lines
+from ..jsonl import iter_json_lines, json_type
 from ..schema import Row
 from .questions import normalise_prompt
 
@@ -80,7 +80,7 @@ def _describe(err: ValidationError) -> list[str]:
 def _check_line(path: Path, number: int, value: Any, report: ValidationReport) -> Row | None:
     where = f"{path}:{number}"
     if not isinstance(value, dict):
-        report.problems.append(f"{where}: expected a JSON object, got {type(value).__name__}")
+        report.problems.append(f"{where}: expected a JSON object, got {json_type(value)}")
         return None
     problems = [f"missing required field '{name}'" for name in REQUIRED if name not in value]
     try:
@@ -99,7 +99,9 @@ def validate_files(paths: list[Path]) -> ValidationReport:
     for path in paths:
         by_name = side_from_name(path)
         report.side_source[path] = "file name" if by_name else "id prefix"
-        for number, value, error in iter_json_lines(path):
+        seen_line = False
+        for number, value, error in iter_json_lines(path, "a JSONL file of rows"):
+            seen_line = True
             if error:
                 report.problems.append(f"{path}:{number}: {error}")
                 continue
@@ -114,6 +116,8 @@ def validate_files(paths: list[Path]) -> ValidationReport:
             if side:
                 report.sides[row.id] = side
             report.rows.append((path, number, row))
+        if not seen_line:
+            report.problems.append(f"{path}: empty (no JSON lines); expected rows, one JSON object a line")
     _check_leakage(report)
     order = {str(path): i for i, path in enumerate(paths)}
     report.problems.sort(key=lambda p: _location_key(p, order))

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..errors import UserError
+from ..files import read_text, split_lines
 from ..jsonl import describe_validation_error, read_models
 from ..schema import EvalRecord, Row, Trajectory
 
@@ -98,14 +99,18 @@ class TraceStore:
     """Loads the trajectory an EvalRecord refers to; each traces file is read at most once."""
 
     def __init__(self) -> None:
-        self._lines: dict[Path, list[str] | None] = {}
+        self._lines: dict[Path, list[str] | str] = {}
 
-    def _file_lines(self, path: Path) -> list[str] | None:
+    def _file_lines(self, path: Path) -> list[str] | str:
+        """The file's lines, numbered as the writer counted them, or why it cannot be read."""
         if path not in self._lines:
-            try:
-                self._lines[path] = path.read_text(encoding="utf-8").splitlines()
-            except OSError:
-                self._lines[path] = None
+            if not path.is_file():
+                self._lines[path] = f"{path}: cannot read the traces file"
+            else:
+                try:
+                    self._lines[path] = split_lines(read_text(path, "a traces file", max_bytes=None))
+                except UserError as exc:
+                    self._lines[path] = str(exc)
         return self._lines[path]
 
     def load(self, eval_path: Path, record: EvalRecord) -> Trajectory | str:
@@ -114,8 +119,8 @@ class TraceStore:
             return "no trace recorded"
         trace_path = (eval_path.parent / record.trace_file).resolve()
         lines = self._file_lines(trace_path)
-        if lines is None:
-            return f"{trace_path}: cannot read the traces file"
+        if isinstance(lines, str):
+            return lines
         if not 1 <= record.trace_line <= len(lines):
             return f"{trace_path}:{record.trace_line}: no such line"
         where = f"{trace_path}:{record.trace_line}"

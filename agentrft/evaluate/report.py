@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..files import read_text, refuse_overwrite
 from ..jsonl import iter_json_lines
 from ..schema import MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
 from .compare import Comparison, RowDiff, compare_runs, format_comparison
@@ -53,11 +54,15 @@ class RowView:
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
-    """Rows of metrics.jsonl that are JSON objects, and a note for each line that is not."""
-    if not path.is_file():
+    """Rows of metrics.jsonl that are JSON objects, and a note for each line that is not.
+
+    A missing file, or a cut last line, is a run still starting or still writing: a note, not an
+    error. A file that cannot be read at all (a directory, not UTF-8) is one.
+    """
+    if not path.exists():
         return [], []
     rows, notes = [], []
-    for number, value, error in iter_json_lines(path):
+    for number, value, error in iter_json_lines(path, "a metrics JSONL file"):
         if error or not isinstance(value, dict):
             notes.append(f"{path.name}:{number}: {error or 'not a JSON object'}; skipped")
         else:
@@ -109,11 +114,21 @@ def _row_view(diff: RowDiff, c: Comparison, rows: dict[str, Row] | None, store: 
 
 def _default_eval(run_dir: Path, given: Path | None, name: str) -> Path | None:
     if given is not None:
-        if not given.is_file():
+        if not given.exists():
             raise UserError(f"--{name} {given}: no such file")
-        return given
+        return given  # a directory or an unreadable file is the reader's one-line error
     candidate = run_dir / "eval" / f"{name}.jsonl"
     return candidate if candidate.is_file() else None
+
+
+def _eval_pair(run_dir: Path, base: Path | None, tuned: Path | None) -> tuple[Path | None, Path | None]:
+    """Both evaluation files, or neither; one given without the other is an error, not ignored."""
+    base_path, tuned_path = _default_eval(run_dir, base, "base"), _default_eval(run_dir, tuned, "tuned")
+    for given, found, other in ((base, tuned_path, "tuned"), (tuned, base_path, "base")):
+        if given is not None and found is None:
+            raise UserError(f"--{other}: not given and {run_dir / 'eval' / f'{other}.jsonl'} does not exist; "
+                            f"pass --{other} to compare with {given}")  # fmt: skip
+    return base_path, tuned_path
 
 
 def build_context(
@@ -134,10 +149,10 @@ def build_context(
         "aborts": [f"step {row.get('step')}: {row['abort']}" for row in metrics if row.get("abort")],
         "curves": [{"title": c.title, "svg": curve_svg(c), "last": c.values[-1]} for c in curves],
         "missing_curves": missing,
-        "config": config_path.read_text(encoding="utf-8") if config_path.is_file() else None,
+        "config": read_text(config_path, "a YAML config") if config_path.exists() else None,
         "comparison": None,
     }
-    base_path, tuned_path = _default_eval(run_dir, base, "base"), _default_eval(run_dir, tuned, "tuned")
+    base_path, tuned_path = _eval_pair(run_dir, base, tuned)
     if base_path is None or tuned_path is None:
         return context
     dataset = load_rows(rows) if rows else None
@@ -187,13 +202,15 @@ def write_report(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory (expected config.yaml, metrics.jsonl, eval/)")
+    target = Path(out) if out else run_dir / "report.html"
+    inputs = (Path(p) for p in (base, tuned, rows) if p)
+    refuse_overwrite(target, run_dir / "metrics.jsonl", run_dir / "config.yaml", *inputs)
     context = build_context(
         run_dir,
         Path(base) if base else None,
         Path(tuned) if tuned else None,
         Path(rows) if rows else None,
     )
-    target = Path(out) if out else run_dir / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render_report(context), encoding="utf-8")
     return target

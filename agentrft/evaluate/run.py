@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from ..files import read_text, refuse_overwrite
 from ..jsonl import read_models, write_models
 from ..schema import EvalRecord, Row, Trajectory
 from .records import traces_path_for
@@ -83,9 +84,9 @@ class EvalSummary:
 def _read_token(options: EvalOptions, config_token: str | None) -> str | None:
     if options.token_file is not None:
         try:
-            return options.token_file.read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise UserError(f"--token-file {options.token_file}: cannot read it ({exc.strerror})") from None
+            return read_text(options.token_file, "a token file").strip() or None
+        except UserError as exc:
+            raise UserError(f"--token-file {exc}") from None
     return config_token or os.environ.get("TOOL_BEARER")
 
 
@@ -145,7 +146,7 @@ def load_done(out: Path, model: str) -> list[EvalRecord]:
     """Records already in ``out``; refuses a file written by another model (it would mix two runs)."""
     if not out.exists():
         return []
-    done = read_models(out, EvalRecord)
+    done = read_models(out, EvalRecord, allow_empty=True)
     others = sorted({r.model for r in done if r.model and not _same_model(r.model, model)})
     if others:
         raise UserError(f"{out}: holds results of model {others[0]}, not {model}; choose another --out")
@@ -209,7 +210,7 @@ async def _run_batches(
 
 
 def _summary(options: EvalOptions, written: int, skipped: int) -> EvalSummary:
-    records = read_models(options.out, EvalRecord) if options.out.exists() else []
+    records = read_models(options.out, EvalRecord, allow_empty=True) if options.out.exists() else []
     graded = [r.reward for r in records if r.reward is not None]
     return EvalSummary(
         out=options.out, traces=traces_path_for(options.out), written=written, skipped_rows=skipped,
@@ -227,6 +228,7 @@ def evaluate(options: EvalOptions) -> EvalSummary:
     from ..agent.loop import run_sync
     from ..graders import default_grader, load_grader
 
+    refuse_overwrite(options.out, options.data)
     rows = read_models(options.data, Row)[: options.limit]
     if not rows:
         raise UserError(f"{options.data}: no rows to evaluate")

@@ -52,10 +52,8 @@ class CaseResult:
 
 
 def read_cases(path: str | Path) -> list[GraderCase]:
-    cases = [case for _, case in read_numbered_models(Path(path), GraderCase)]
-    if not cases:
-        raise UserError(f"{path}: no cases")
-    return cases  # type: ignore[return-value]
+    """The cases of a JSONL file; an empty file is an error (``read_numbered_models``)."""
+    return [case for _, case in read_numbered_models(Path(path), GraderCase)]
 
 
 def run_cases(grader: Grader, cases: list[GraderCase]) -> list[CaseResult]:

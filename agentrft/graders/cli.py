@@ -114,10 +114,12 @@ def grade_run(
     workers: Annotated[int, typer.Option(min=1, help="Trajectories graded at once (judges wait on HTTP).")] = 8,
 ) -> None:
     """Grade stored trajectories again (step 8: fix the grader, re-evaluate, don't retrain)."""
+    from ..files import refuse_overwrite
     from ..jsonl import read_models, write_models
     from ..schema import Row
     from .cases import regrade_traces
 
+    refuse_overwrite(out, traces, rows)
     chosen = _grader(grader)
     records = regrade_traces(traces, read_models(rows, Row), chosen, out, workers)
     write_models(out, records)

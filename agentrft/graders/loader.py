@@ -16,6 +16,8 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from ..errors import UserError
+from ..files import read_text
+from ..jsonl import describe_json_error, json_type
 from .base import Grader
 from .numeric import NumericGrader
 from .specs import GRADER_TYPES, GraderSpec, MultiSpec
@@ -56,7 +58,7 @@ def _describe(err: ValidationError) -> list[str]:
 def parse_spec(data: Any, source: str = "grader") -> Any:
     """Validate a grader declaration; one UserError listing every problem, prefixed by ``source``."""
     if not isinstance(data, dict):
-        raise UserError(f"{source}: a grader must be an object with a 'type', got {type(data).__name__}")
+        raise UserError(f"{source}: a grader must be an object with a 'type', got {json_type(data)}")
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
@@ -64,17 +66,16 @@ def parse_spec(data: Any, source: str = "grader") -> Any:
 
 
 def _read_file(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such grader file") from None
-    except (IsADirectoryError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the grader file ({exc.__class__.__name__})") from None
+    if not path.exists():
+        raise UserError(f"{path}: no such grader file")
+    text = read_text(path, "a grader file (JSON or YAML)")
+    if not text.strip():
+        raise UserError(f"{path}: empty; expected a grader, an object with a 'type'")
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+            raise UserError(f"{path}:{exc.lineno}: {describe_json_error(exc)}") from None
     try:
         return yaml.safe_load(text)  # YAML is a superset of JSON: any other suffix reads either
     except yaml.YAMLError as exc:

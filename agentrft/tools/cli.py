@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from ..errors import UserError
+from ..files import read_text
 
 tools_app = typer.Typer(help="Step 3: serve tools over HTTP; smoke-test a running server.",
                         no_args_is_help=True)
@@ -27,9 +28,9 @@ def register(app: typer.Typer) -> None:
 def resolve_token(token_file: Path | None, no_auth: bool = False) -> str | None:
     """The bearer token from --token-file or TOOL_BEARER; None only when auth is explicitly off."""
     if token_file is not None:
-        if not token_file.is_file():
+        if not token_file.exists():
             raise UserError(f"{token_file}: token file not found")
-        token = token_file.read_text().strip()
+        token = read_text(token_file, "a token file").strip()
         if not token:
             raise UserError(f"{token_file}: token file is empty")
         return token

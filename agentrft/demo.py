@@ -37,6 +37,8 @@ use scored. Measured on the demo's warm-started tiny model (40 rows × 5 rollout
 solved, 14 sometimes, 24 never."""
 
 
+EVAL_SAMPLES = 4
+"""Sampled rollouts per val row in step 7, beside the greedy one."""
 MEASURE_ROWS = 16
 """Training rows the warm start samples (4 rollouts each) before and after, for its strategy shares."""
 
@@ -53,6 +55,7 @@ class Demo:
     seed: int
     cache: Path
     train_steps: int
+    baseline: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     tools_url: str = ""
 
@@ -187,20 +190,64 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
             console.print(f"removing the previous demo run in {demo.run_dir}")
             shutil.rmtree(demo.run_dir)
         agentrft("train", demo.config)
+    evaluate(demo, base, val)
+    if demo.baseline:
+        sft_baseline(demo, base, train, val)
     evals = demo.run_dir / "eval"
-    best = demo.run_dir / "checkpoints" / "best"
-    with step(demo, "Step 7 · evaluate base vs tuned"):
-        for name, model in (("base", base), ("tuned", best)):
-            agentrft("eval", "--model", model, "--data", val, "--out", evals / f"{name}.jsonl",
-                     "--config", demo.config, "--grader", GRADER)
-        agentrft("compare", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val)
     with step(demo, "Step 8 · inspect and report"):
         agentrft("inspect", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val, "--top", 3)
         agentrft("report", demo.run_dir, "--rows", val)
     with step(demo, "Step 9 · plan"):
-        agentrft("plan", "--model", best if (best / "config.json").exists() else base, "--group-size", 8,
+        agentrft("plan", "--model", base, "--group-size", 8,
                  "--prompts", 8, "--tokens", 1024, "--gpu-gib", 24)
         agentrft("plan", "--model", "Qwen/Qwen2.5-7B-Instruct")
+
+
+def evaluate(demo: Demo, base: Path, val: Path) -> None:
+    """Step 7: base against the last checkpoint, greedy and sampled at the training temperature.
+
+    The last checkpoint, not the best by val reward: the val subset that picks the best checkpoint is
+    drawn from the rows compared here, and choosing on them would flatter the tuned model.
+    """
+    from .train.trainer import last_checkpoint
+
+    temperature = float(yaml.safe_load(demo.config.read_text())["temperature"])  # training's
+    tuned = last_checkpoint(demo.run_dir)
+    if tuned is None:
+        raise StepFailed(f"training left no checkpoint in {demo.run_dir}")
+    evals = demo.run_dir / "eval"
+    with step(demo, "Step 7 · evaluate base vs tuned"):
+        for name, model in (("base", base), ("tuned", tuned)):
+            agentrft("eval", "--model", model, "--data", val, "--out", evals / f"{name}.jsonl",
+                     "--config", demo.config, "--grader", GRADER)
+            agentrft("eval", "--model", model, "--data", val, "--out", evals / f"{name}-sampled.jsonl",
+                     "--config", demo.config, "--grader", GRADER, "--samples", EVAL_SAMPLES,
+                     "--temperature", temperature)
+        console.print("\n[bold]Greedy, one rollout per row:[/]")
+        agentrft("compare", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val)
+        console.print(f"\n[bold]Sampled at the training temperature {temperature:g}, {EVAL_SAMPLES} rollouts per row:[/]")
+        agentrft("compare", evals / "base-sampled.jsonl", evals / "tuned-sampled.jsonl", "--rows", val)
+
+
+def sft_baseline(demo: Demo, base: Path, train: Path, val: Path) -> None:
+    """``--baseline``: the warm start's SFT continued for as long as GRPO trained, then evaluated the same way.
+
+    The same demonstrations and drills, the same seed and the same wall time: what RL is compared
+    against is what that time would have bought by doing more of what came before it.
+    """
+    seconds = demo.timings["Step 6 · train"]
+    evals = demo.run_dir / "eval"
+    more = demo.out / "models" / "tiny-sft-more"
+    temperature = float(yaml.safe_load(demo.config.read_text())["temperature"])
+    with step(demo, "Baseline · the same time spent on more SFT"):
+        agentrft("sft", "--model", base, "--rows", train, "--tools-url", demo.tools_url, "--token-file",
+                 demo.token_file, "--out", more, "--seed", demo.seed, "--max-seconds", f"{seconds:.0f}")
+        agentrft("eval", "--model", more, "--data", val, "--out", evals / "sft-more-sampled.jsonl",
+                 "--config", demo.config, "--grader", GRADER, "--samples", EVAL_SAMPLES, "--temperature", temperature)
+        console.print(f"\n[bold]More SFT ({seconds:.0f} s) against the warm start, sampled:[/]")
+        agentrft("compare", evals / "base-sampled.jsonl", evals / "sft-more-sampled.jsonl", "--rows", val)
+        console.print(f"\n[bold]GRPO ({seconds:.0f} s) against more SFT ({seconds:.0f} s), sampled:[/]")
+        agentrft("compare", evals / "sft-more-sampled.jsonl", evals / "tuned-sampled.jsonl", "--rows", val)
 
 
 def register(app: typer.Typer) -> None:
@@ -211,9 +258,11 @@ def register(app: typer.Typer) -> None:
         cache: Path = typer.Option(Path(os.environ.get("AGENTRFT_CACHE", ".cache/agentrft")),
                                    help="Cache of warm-started tiny models (keyed by seed and version)."),
         train_steps: int = typer.Option(12, min=1, help="GRPO steps to run."),
+        baseline: bool = typer.Option(False, "--baseline", help="Also continue the warm start's SFT for as long "
+                                      "as GRPO trained, and compare the two."),
     ) -> None:
         """Run the nine steps end to end on the embedded tiny model and write a report."""
-        demo_state = Demo(out=out, seed=seed, cache=cache, train_steps=train_steps)
+        demo_state = Demo(out=out, seed=seed, cache=cache, train_steps=train_steps, baseline=baseline)
         started = time.perf_counter()
         try:
             run_demo(demo_state)

@@ -137,5 +137,6 @@ def test_tiny_config_loads() -> None:
         pytest.fail("examples/tiny_config.yaml is missing")
     cfg = load_config(TINY_YAML)
     assert (cfg.temperature, cfg.kl_coef, cfg.learning_rate, cfg.batch_size, cfg.group_size) == (
-        0.7, 0.03, 1e-4, 4, 8,
+        0.7, 0.03, 3e-4, 8, 8,
     )
+    assert cfg.lora is None and cfg.micro_batch_size == 64

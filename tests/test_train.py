@@ -330,3 +330,15 @@ def test_accelerate_launcher_asks_for_one_gpu_per_process(tmp_path: Path) -> Non
         pytest.skip("this machine has the GPUs; the refusal only applies without them")
     with pytest.raises(UserError, match="--num-processes: 2 processes need 2 GPUs"):
         relaunch(tmp_path / "c.yaml", 2)
+
+
+def test_read_metrics_drops_a_cut_last_line_and_names_a_bad_one(tmp_path: Path) -> None:
+    from agentrft.errors import UserError
+
+    path = tmp_path / "metrics.jsonl"
+    good = [MetricsRow(step=0, val_reward=0.5).model_dump_json(), MetricsRow(step=1, loss=0.1).model_dump_json()]
+    path.write_text("\n".join(good) + "\n" + good[1][:17])  # killed in the middle of a write
+    assert [row.step for row in read_metrics(path)] == [0, 1]
+    path.write_text(good[0] + "\n{\"step\": \"x\"}\n" + good[1] + "\n")
+    with pytest.raises(UserError, match=r"metrics.jsonl:2: not a metrics row"):
+        read_metrics(path)

@@ -15,7 +15,9 @@ _out = Console(highlight=False, soft_wrap=True)
 
 def prior_check_command(
     config: Path = typer.Argument(..., help="The training config (YAML): base_model, val_path, tools, grader, sampling."),
-    n: int = typer.Option(50, "--n", min=1, help="Rows to check (the first N of val_path)."),
+    n: int = typer.Option(50, "--n", min=1, help="Rows to check (the first N of --data)."),
+    data: Path = typer.Option(None, "--data", help="Rows to check (JSONL of Row); default the config's val_path. "
+                              "Pass the training rows with --write-filtered to train on the signal band."),
     rollouts: int = typer.Option(5, "--rollouts", min=1, help="Rollouts per row."),
     out: Path = typer.Option(None, "--out", help="Per-row results (JSONL of PriorResult); default <output_dir>/prior.jsonl."),
     write_filtered: Path = typer.Option(None, "--write-filtered", help="Write the rows in the signal band here (JSONL of Row)."),
@@ -27,6 +29,7 @@ def prior_check_command(
     """Step 1: run the base model N times per row through the tools; bucket rows never/sometimes/always."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..files import refuse_overwrite
     from ..graders import default_grader, load_grader
     from ..jsonl import read_models, write_models
     from ..prior import prior_check
@@ -36,11 +39,15 @@ def prior_check_command(
     from .policy import load_policy
 
     cfg = load_config(config)
-    if cfg.val_path is None:
-        raise UserError(f"{config}: val_path is null; the prior check needs rows to check")
-    rows = read_models(cfg.val_path, Row)[:n]
+    if data is None and cfg.val_path is None:
+        raise UserError(f"{config}: val_path is null; pass --data with the rows to check")
+    source = data if data is not None else cfg.val_path
+    for written, flag in ((out, "--out"), (traces, "--traces"), (write_filtered, "--write-filtered")):
+        if written is not None:
+            refuse_overwrite(written, source, flag=flag)
+    rows = read_models(source, Row)[:n]
     if not rows:
-        raise UserError(f"{cfg.val_path}: no rows")
+        raise UserError(f"{source}: no rows")
     grader = load_grader(cfg.grader) if cfg.grader else default_grader()
     policy = load_policy(model or cfg.base_model, served_model)
     settings = rollout_settings(cfg, policy)

@@ -64,6 +64,8 @@ def sft_command(
     seed: int = typer.Option(0, help="Seed of the strategy mixture, drills and training."),
     measure: int = typer.Option(0, min=0, help="Also sample 4 rollouts on each of the first N rows before and "
                                                "after, and report their strategy shares."),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", min=1.0,
+                                             help="Stop training after this much wall time (a baseline's budget)."),
 ) -> None:
     """Warm start ("fix the prior first"): SFT on scripted demonstrations of mixed quality."""
     from ..jsonl import read_models
@@ -82,7 +84,7 @@ def sft_command(
     settings = WarmStartSettings(seed=seed, **chosen)
     console.print(f"Demonstrating on {len(row_list)} rows against {tools_url}, then {settings.epochs} epochs of SFT ...")
     try:
-        result = warm_start(model, row_list, tools_url, out, token=token, settings=settings)
+        result = warm_start(model, row_list, tools_url, out, token=token, settings=settings, max_seconds=max_seconds)
         _report(result, out)
         if measure:
             _measure_strategies(result, model, out, row_list[:measure], tools_url, token, seed)

@@ -205,17 +205,25 @@ def collect_demonstrations(
     return run_sync(main())
 
 
-def _progress_line() -> Any:
+def _progress_line(max_seconds: float | None = None) -> Any:
+    """Prints a line per log step; with ``max_seconds``, stops training once that much time has passed."""
     from transformers import TrainerCallback
 
     class ProgressLine(TrainerCallback):
         def __init__(self) -> None:
             self.started = time.perf_counter()
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.perf_counter()
+
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             if logs and "loss" in logs and state.is_world_process_zero:
                 print(f"  step {state.global_step:>5}/{state.max_steps}  loss {float(logs['loss']):.3f}  "
                       f"{time.perf_counter() - self.started:5.0f}s", flush=True)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if max_seconds is not None and time.perf_counter() - self.started >= max_seconds:
+                control.should_training_stop = True
 
     return ProgressLine()
 
@@ -263,9 +271,13 @@ def _warm_start_trainer(weight: float) -> Any:
 
 
 def train_on_examples(
-    model_dir: Path, examples: list[dict[str, list[int]]], out_dir: Path, settings: WarmStartSettings
+    model_dir: Path, examples: list[dict[str, list[int]]], out_dir: Path, settings: WarmStartSettings,
+    max_seconds: float | None = None,
 ) -> tuple[Any, float | None]:
-    """SFTTrainer over the pre-tokenized examples; saves the model and tokenizer to ``out_dir``."""
+    """SFTTrainer over the pre-tokenized examples; saves the model and tokenizer to ``out_dir``.
+
+    ``max_seconds`` stops training after that much wall time, wherever the schedule is (a baseline
+    given the same time as another run)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -306,7 +318,7 @@ def train_on_examples(
         model=model, args=config, train_dataset=Dataset.from_list(examples), processing_class=tokenizer
     )
     trainer.remove_callback(PrinterCallback)  # one short line per log step instead of a dict
-    trainer.add_callback(_progress_line())
+    trainer.add_callback(_progress_line(max_seconds))
     output = trainer.train()
     if supervised:
         model.set_attn_implementation("sdpa")
@@ -322,8 +334,10 @@ def warm_start(
     out_dir: Path,
     token: str | None = None,
     settings: WarmStartSettings | None = None,
+    max_seconds: float | None = None,
 ) -> WarmStartResult:
-    """Demonstrate on ``rows`` through the tool server, then SFT the model in ``model_dir`` into ``out_dir``."""
+    """Demonstrate on ``rows`` through the tool server, then SFT the model in ``model_dir`` into ``out_dir``
+    (for at most ``max_seconds`` of training when given)."""
     from collections import Counter
 
     from transformers import AutoTokenizer
@@ -336,7 +350,7 @@ def warm_start(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "demonstrations.jsonl").write_text(demonstrations_to_jsonl(demos), encoding="utf-8")
     start = time.perf_counter()
-    trainer, loss = train_on_examples(model_dir, examples, out_dir, settings)
+    trainer, loss = train_on_examples(model_dir, examples, out_dir, settings, max_seconds)
     result = WarmStartResult(
         out_dir=str(out_dir),
         demonstrations=len(demos),

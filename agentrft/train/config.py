@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ..errors import UserError, where
+from ..files import read_text
 from ..jsonl import describe_validation_error
 
 # RFT moves a policy that already works; SFT-sized steps wreck it. The tutorial's 1e-5 is 10–100×
@@ -116,11 +117,36 @@ class TrainConfig(_Block):
     )
 
     # --- optimisation details -------------------------------------------------------------------
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default="group",
+        description="Divide advantages by the group's reward std (GRPO), the batch's, or not at all (Dr. GRPO): "
+        "with 'group' a group whose rewards differ by 0.03 pulls as hard as one that differs by 1.",
+    )
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field(
+        default="dapo",
+        description="How TRL averages the per-token loss: per sequence then per batch (grpo), over every "
+        "token of the batch (dapo, bnpo), or over a fixed length (dr_grpo).",
+    )
+    updates_per_batch: int = Field(
+        default=1, ge=1,
+        description="Optimizer steps on each generation batch (TRL's num_iterations, μ); above 1 the later ones "
+        "are off-policy and clipped.",
+    )
+    lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
+        default="linear", description="Learning-rate schedule after warm-up: linear or cosine decay to 0, or constant."
+    )
     micro_batch_size: int | None = Field(
         default=None, ge=1, description="Trajectories per forward/backward pass; null = group_size."
     )
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    bf16: bool | None = Field(default=None, description="Train in bfloat16; null = on when a GPU is present.")
+    bf16: bool | None = Field(
+        default=None,
+        description="Train in bfloat16; null = on with a GPU, and on a CPU where it multiplies bf16 natively "
+        "(there only the loss's backbone is autocast: weights, rollouts and the LM head stay float32).",
+    )
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads torch may use in training; null leaves torch's default."
+    )
     use_vllm: bool = Field(default=False, description="Generate with vLLM through TRL (GPU only).")
     vllm_mode: Literal["server", "colocate"] = Field(
         default="colocate", description="vLLM beside training on the same GPUs, or a separate `trl vllm-serve`."
@@ -181,10 +207,7 @@ class TrainConfig(_Block):
         if self.tools_token_env and os.environ.get(self.tools_token_env):
             return os.environ[self.tools_token_env]
         if self.tools_token_file is not None:
-            try:
-                return self.tools_token_file.read_text(encoding="utf-8").strip() or None
-            except OSError as exc:
-                raise UserError(f"{where(self.source or 'config', field='tools_token_file')}: cannot read {self.tools_token_file} ({exc.strerror})") from None
+            return read_text(self.tools_token_file, "a token file").strip() or None
         return None
 
 
@@ -194,12 +217,9 @@ _PATH_FIELDS = ("train_path", "val_path", "tools_token_file", "grader", "output_
 def load_config(path: str | Path) -> TrainConfig:
     """Read a YAML config; errors name the file and the field. Relative paths follow the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a YAML config") from None
+    text = read_text(path, "a YAML config")
+    if not text.strip():
+        raise UserError(f"{path}: empty; expected a YAML config (see examples/step5_config.yaml)")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -207,8 +227,6 @@ def load_config(path: str | Path) -> TrainConfig:
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise UserError(f"{path}{line}: {problem}") from None
-    if data is None:
-        data = {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
     return config_from_dict(data, base_dir=path.parent, source=path, key_lines=_key_lines(text))

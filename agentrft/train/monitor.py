@@ -22,12 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from transformers import TrainerCallback
 
+from ..errors import UserError
+from ..files import iter_lines
 from ..jsonl import write_models
 from ..schema import SCHEMA_VERSION, Row, Trajectory
 from .config import TrainConfig
@@ -341,13 +343,22 @@ def _cells(row: MetricsRow) -> list[str]:
 
 
 def read_metrics(path: Path) -> list[MetricsRow]:
-    """The rows of a metrics file (empty when the file does not exist yet)."""
+    """The rows of a metrics file (empty when the file does not exist yet).
+
+    A last line that does not parse is a write the run was killed in the middle of, and is left out
+    (it is after the last checkpoint, so a resume drops it anyway); a bad line before it is an error.
+    """
     if not path.is_file():
         return []
+    lines = [(number, text) for number, text in iter_lines(path, "a metrics file") if text.strip()]
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rows.append(MetricsRow.model_validate_json(line))
+    for index, (number, text) in enumerate(lines):
+        try:
+            rows.append(MetricsRow.model_validate_json(text))
+        except ValidationError as exc:
+            if index == len(lines) - 1:
+                break
+            raise UserError(f"{path}:{number}: not a metrics row ({exc.errors()[0]['msg']})") from None
     return rows
 
 

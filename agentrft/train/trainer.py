@@ -161,6 +161,10 @@ def grpo_args(cfg: TrainConfig, use_cuda: bool, world_size: int) -> Any:
         gradient_accumulation_steps=cfg.trajectories_per_step // per_step,
         num_generations=cfg.group_size,
         beta=cfg.kl_coef,
+        scale_rewards=cfg.scale_rewards,
+        num_iterations=cfg.updates_per_batch,
+        loss_type=cfg.loss_type,
+        lr_scheduler_type="constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         top_k=cfg.top_k,
@@ -227,10 +231,8 @@ def train(
             f"{where(cfg.source or 'config', field='base_model')}: cannot load {cfg.base_model} ({exc})"
         ) from None
     torch.manual_seed(cfg.seed)
-    if not use_cuda and "OMP_NUM_THREADS" not in os.environ and model.num_parameters() < 20_000_000:
-        # A tiny model's matmuls are smaller than OpenMP's sync cost: on a busy 2-core machine one
-        # thread ran a GRPO step in ~4 s where two threads took 15-40 s.
-        torch.set_num_threads(1)
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
 
     monitor = Monitor(cfg, cfg.output_dir, rollouts, runner, val_rows, console=console)
     from datasets import Dataset

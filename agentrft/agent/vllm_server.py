@@ -85,16 +85,18 @@ def _free_port(host: str) -> int:
 
 
 def _stop_group(process: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM the server's process group (API server, engine core, workers), SIGKILL what outlives ``grace_s``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM the server's process group (API server, engine core, workers); SIGKILL what is left of it
+    after ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        while time.monotonic() < deadline:
+            process.poll()  # reaps the leader once it exits, so that it no longer counts as a member
+            os.killpg(process.pid, 0)  # ProcessLookupError once no member is left
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     process.wait()
 
 

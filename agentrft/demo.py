@@ -33,10 +33,12 @@ GRADER = EXAMPLES / "graders" / "answer_and_tools.yaml"
 it was found; with a real model the numeric grader alone is the tutorial's choice."""
 ANSWER_RIGHT = 0.8
 """The prior check's success line: the numeric part in full, i.e. the right figure, whatever the tool
-use scored. Measured on the demo's warm-started tiny model (40 rows × 5 rollouts): 2 rows always
-solved, 14 sometimes, 24 never."""
+use scored."""
 
 
+PRIOR_ROWS, PRIOR_ROLLOUTS = 320, 4
+"""The prior check runs on every training row, so its signal band can be what GRPO trains on: rows the
+warm start answers right sometimes, where a group's rewards differ and its advantages are not zero."""
 EVAL_SAMPLES = 4
 """Sampled rollouts per val row in step 7, beside the greedy one."""
 MEASURE_ROWS = 16
@@ -135,6 +137,14 @@ def write_config(demo: Demo, base_model: Path) -> None:
     demo.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
+def train_on(demo: Demo, rows: Path) -> None:
+    """Point the config's train_path at ``rows`` (the signal band), as a user would edit it."""
+    cfg = yaml.safe_load(demo.config.read_text())
+    cfg["train_path"] = str(rows.resolve())
+    demo.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    console.print(f"config: train_path → {rows} (train where the group rewards can differ)")
+
+
 def warm_model(demo: Demo) -> Path:
     """The embedded default: build the tiny model and warm-start it, or reuse the cached one."""
     from .model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
@@ -183,8 +193,10 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
         write_config(demo, base)
         agentrft("config", "check", demo.config)
     with step(demo, "Step 1 · prior check"):
-        agentrft("prior-check", demo.config, "--n", 40, "--rollouts", 5, "--threshold", ANSWER_RIGHT,
-                 "--out", demo.out / "prior.jsonl")
+        band = demo.data / "signal_band.jsonl"
+        agentrft("prior-check", demo.config, "--data", train, "--n", PRIOR_ROWS, "--rollouts", PRIOR_ROLLOUTS,
+                 "--threshold", ANSWER_RIGHT, "--out", demo.out / "prior.jsonl", "--write-filtered", band)
+        train_on(demo, band)
     with step(demo, "Step 6 · train"):
         if demo.run_dir.exists():  # the demo's own run from an earlier `make demo`: start afresh
             console.print(f"removing the previous demo run in {demo.run_dir}")
@@ -257,7 +269,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed for the corpus, the model and training."),
         cache: Path = typer.Option(Path(os.environ.get("AGENTRFT_CACHE", ".cache/agentrft")),
                                    help="Cache of warm-started tiny models (keyed by seed and version)."),
-        train_steps: int = typer.Option(12, min=1, help="GRPO steps to run."),
+        train_steps: int = typer.Option(50, min=1, help="GRPO steps to run."),
         baseline: bool = typer.Option(False, "--baseline", help="Also continue the warm start's SFT for as long "
                                       "as GRPO trained, and compare the two."),
     ) -> None:

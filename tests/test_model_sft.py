@@ -188,6 +188,17 @@ def test_short_warm_start_trains_on_assistant_tokens_and_saves(
     assert AutoTokenizer.from_pretrained(tmp_path / "warm").encode("13.4%") == tokenizer.encode("13.4%")
 
 
+def test_max_seconds_stops_training_before_the_schedule_ends(demos, tokenizer, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A baseline given a wall-time budget stops at it, wherever the schedule is, and still saves."""
+    from agentrft.model.sft import WarmStartSettings, build_examples, train_on_examples
+
+    settings = WarmStartSettings(epochs=1, batch_size=2, drills_per_demo=0.0, query_drills_per_demo=0.0)
+    examples, _ = build_examples(tokenizer, demos[:20], settings)
+    trainer, _ = train_on_examples(tiny_model_dir, examples, tmp_path / "short", settings, max_seconds=1e-6)
+    assert trainer.state.global_step == 1 < trainer.state.max_steps  # the budget is spent after one step
+    assert (tmp_path / "short" / "config.json").is_file()
+
+
 def test_generated_tool_calls_parse_after_a_few_steps(demos, tokenizer, tiny_model_dir: Path, tmp_path: Path) -> None:
     """Overfit a handful of demonstrations, then sample: what the model writes parses as tool calls."""
     import torch

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from ..agent.settings import RolloutSettings
 from ..errors import UserError, where
 from ..files import read_text
 from ..jsonl import describe_validation_error
@@ -147,9 +148,18 @@ class TrainConfig(_Block):
     torch_threads: int | None = Field(
         default=None, ge=1, description="CPU threads torch may use in training; null leaves torch's default."
     )
-    use_vllm: bool = Field(default=False, description="Generate with vLLM through TRL (GPU only).")
-    vllm_mode: Literal["server", "colocate"] = Field(
-        default="colocate", description="vLLM beside training on the same GPUs, or a separate `trl vllm-serve`."
+    use_vllm: bool = Field(
+        default=False,
+        description="Roll out through vLLM servers, token-in / token-out, with the new weights pushed after every "
+        "optimizer step; agentrft starts one (from .venv-vllm, see `make vllm`) unless vllm_urls lists running ones.",
+    )
+    vllm_urls: list[str] = Field(
+        default_factory=list,
+        description="Running vLLM servers of base_model to roll out on (spread by row); each needs --enable-lora "
+        "for LoRA or dev mode (VLLM_SERVER_DEV_MODE=1) for full weights, and to see output_dir.",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.3, gt=0, lt=1, description="Share of the training GPU the vLLM server agentrft starts may take."
     )
 
     # --- monitoring, checkpoints ------------------------------------------------------------
@@ -201,6 +211,20 @@ class TrainConfig(_Block):
     def source(self) -> Path | None:
         """The YAML file this config came from, if any."""
         return self._source
+
+    def rollout_settings(self, greedy: bool = False, seed: int | None = None) -> RolloutSettings:
+        """The agent loop's settings for this config's rollouts; ``greedy`` for validation (no sampling noise,
+        so curves compare)."""
+        return RolloutSettings(
+            max_tool_calls=self.max_tool_calls,
+            max_trajectory_tokens=self.max_trajectory_tokens,
+            max_new_tokens=self.max_new_tokens,
+            temperature=0.0 if greedy else self.temperature,
+            top_p=1.0 if greedy else self.top_p,
+            top_k=0 if greedy else self.top_k,
+            seed=seed,
+            system_prompt=self.system_prompt,
+        )
 
     def tools_token(self) -> str | None:
         """The tool server's bearer token: the environment variable first, then the token file."""
@@ -303,8 +327,8 @@ def check_config(cfg: TrainConfig, check_files: bool = True) -> list[str]:
             f"learning_rate: {cfg.learning_rate:g} is an SFT-sized rate; RFT wants 10–100× lower "
             f"(at most ~{RFT_MAX_LEARNING_RATE:g}, the tutorial uses 1e-5)"
         )
-    if cfg.use_vllm and cfg.bf16 is False:
-        warnings.append("bf16: vLLM generation runs in bf16; training in fp32 makes the two policies differ")
+    if cfg.vllm_urls and not cfg.use_vllm:
+        warnings.append("vllm_urls: set, but use_vllm is false, so rollouts come from the training model")
     if not check_files:
         return warnings
 

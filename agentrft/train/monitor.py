@@ -63,6 +63,9 @@ class MetricsRow(BaseModel):
     step_time_s: float | None = None
     completion_tokens: float | None = Field(default=None, description="Mean policy tokens per trajectory.")
     no_grade: float | None = Field(default=None, description="Share of trajectories the grader could not grade.")
+    weight_sync_s: float | None = Field(
+        default=None, description="Seconds pushing the new weights to the vLLM servers before this step's rollouts."
+    )
     abort: str | None = Field(default=None, description="Why the run stopped here, when an abort rule fired.")
 
 
@@ -91,6 +94,7 @@ _TRL_KEYS = {
     "tool_calls": "tool_calls",
     "completions/mean_length": "completion_tokens",
     "no_grade": "no_grade",
+    "weight_sync_s": "weight_sync_s",
 }
 
 TABLE_COLUMNS = (

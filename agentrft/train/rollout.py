@@ -61,6 +61,9 @@ def check_trl_contract() -> None:
     for needle in ("self.rollout_func(prompts, self)", '"env_mask"', *(f'"{key}"' for key in REQUIRED_KEYS)):
         if needle not in source:
             raise RuntimeError(f"trl {trl.__version__}: rollout_func contract changed ({needle} not found)")
+    # vllm_rollouts.VLLMRollouts pushes weights through this hook before each rollout_func.
+    if "self.vllm_generation.sync_weights()" not in source or "self._last_loaded_step" not in source:
+        raise RuntimeError(f"trl {trl.__version__}: the weight-sync hook before rollout_func changed")
     # logprobs.GeneratedTokens leaves tool tokens' log-probs at 0: the loss must mask them out first.
     needle = 'mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]'
     if needle not in inspect.getsource(inspect.unwrap(grpo_trainer.GRPOTrainer._compute_loss)):
@@ -188,6 +191,9 @@ class AgentRollouts:
                 log_metric("tool_calls", sum(t.n_tool_calls for t in trajectory) / len(trajectory))
                 log_metric("no_grade", sum(not g.graded for g in grades) / len(grades))
                 log_metric("answered", sum(t.stop_reason == "answer" for t in trajectory) / len(trajectory))
+                step_metrics = getattr(self.runner, "step_metrics", None)  # e.g. the vLLM weight push
+                for name, value in (step_metrics() if step_metrics else {}).items():
+                    log_metric(name, value)
             with self._lock:
                 last = self.last
                 if last is not None and len(last.trajectories) == len(trajectory):
@@ -204,20 +210,10 @@ def agent_loop_runner(cfg: TrainConfig, token: str | None) -> RolloutRunner:
     """The default runner: agentrft's agent loop with a LocalPolicy on the model being trained."""
 
     def run(rows: list[Row], model: Any, tokenizer: Any, greedy: bool, seed: int | None) -> list[Trajectory]:
-        from ..agent.loop import RolloutSettings, rollout
+        from ..agent.loop import rollout
         from ..agent.policy import LocalPolicy
 
-        settings = RolloutSettings(
-            max_tool_calls=cfg.max_tool_calls,
-            max_trajectory_tokens=cfg.max_trajectory_tokens,
-            max_new_tokens=cfg.max_new_tokens,
-            # Greedy validation: a fixed subset scored without sampling noise, so curves compare.
-            temperature=0.0 if greedy else cfg.temperature,
-            top_p=1.0 if greedy else cfg.top_p,
-            top_k=0 if greedy else cfg.top_k,
-            seed=seed,
-            system_prompt=cfg.system_prompt,
-        )
+        settings = cfg.rollout_settings(greedy=greedy, seed=seed)
         policy = LocalPolicy(model, tokenizer, device=str(next(model.parameters()).device))
         return rollout(rows, policy, cfg.tools_url, token, settings, samples_per_row=1)
 

@@ -19,16 +19,19 @@ temperature            ``temperature`` — TRL divides logits by it when it scor
 Rollouts are not TRL's: ``rollout.AgentRollouts`` runs agentrft's agent loop and returns the loss
 mask that keeps tool output out of the gradient.
 
-On GPUs: ``bf16`` is on by default when CUDA is present, and gradient checkpointing with it. TRL can
-generate with vLLM (``use_vllm: true``): ``vllm_mode: colocate`` runs a vLLM engine inside each
-training process, sharing the GPU; ``vllm_mode: server`` talks to a separate ``trl vllm-serve
---model BASE`` on other GPUs. With a ``rollout_func`` TRL pushes the policy's weights into that
-engine before each step; agentrft's default runner still generates with the training model
-(transformers ``generate``), so vLLM pays off only with a runner that calls
-``trainer.vllm_generation`` — the options are passed through so that such a runner needs no
-config change. Multi-GPU: ``agentrft train FILE --launcher accelerate --num-processes N``
+On GPUs: ``bf16`` is on by default when CUDA is present, and gradient checkpointing with it. On a
+CPU the log-probs TRL's loss asks for come from ``logprobs.install_compact_logprobs`` (TRL's own head
+scores every padded position there), with the backbone in bf16 autocast where the CPU has it.
+
+Rollouts come from the model being trained (``LocalPolicy``) or, with ``use_vllm``, from vLLM servers
+(``vllm_rollouts.VLLMRollouts``): agentrft starts one from ``.venv-vllm`` for the run (on the training GPU,
+with ``vllm_gpu_memory_utilization`` of it) or uses those in ``vllm_urls``, pushes the new weights to
+them after every optimizer step through TRL's own sync hook, and turns on TRL's importance-sampling
+correction for the engine/trainer log-prob mismatch. TRL's in-process vLLM is never used (its pins
+clash with the training stack). Multi-GPU: ``agentrft train FILE --launcher accelerate --num-processes N``
 re-executes the command under ``accelerate launch`` (see ``launch.py``); each process rolls out its
-own slice of the prompts, and TRL gathers the rewards so groups are normalised across processes.
+own slice of the prompts (through the same servers with ``use_vllm``), and TRL gathers the rewards so
+groups are normalised across processes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import os
 import random
 import warnings
 import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,7 @@ from .config import TrainConfig
 from .logprobs import GeneratedTokens
 from .monitor import Monitor, trim_metrics
 from .rollout import AgentRollouts, RolloutRunner, agent_loop_runner, check_trl_contract
+from .vllm_rollouts import VLLMRollouts
 
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -174,8 +180,6 @@ def grpo_args(cfg: TrainConfig, use_cuda: bool, world_size: int) -> Any:
         bf16=bf16,
         use_cpu=not use_cuda,
         gradient_checkpointing=use_cuda,
-        use_vllm=cfg.use_vllm,
-        vllm_mode=cfg.vllm_mode,
         logging_steps=cfg.logging_steps,
         # A NaN loss must reach the abort rule, not be smoothed away by the logger.
         logging_nan_inf_filter=False,
@@ -200,10 +204,7 @@ def train(
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the contract is checked just below
     check_trl_contract()
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils import logging as hf_logging
-    from trl import GRPOTrainer
 
     console = console or Console(highlight=False, soft_wrap=True)
     hf_logging.set_verbosity_error()
@@ -213,9 +214,23 @@ def train(
     logging.getLogger("trl.trainer.grpo_trainer").setLevel(logging.ERROR)
     rows, val_rows = load_rows(cfg)
     checkpoint = prepare_run_dir(cfg, resume, console)
-    if runner is None:
-        runner = agent_loop_runner(cfg, cfg.tools_token())
     use_cuda = torch.cuda.is_available()
+    with ExitStack() as stack:
+        if runner is None and cfg.use_vllm:
+            runner = stack.enter_context(vllm_rollouts(cfg, use_cuda, console))
+        if runner is None:
+            runner = agent_loop_runner(cfg, cfg.tools_token())
+        return _train(cfg, rows, val_rows, checkpoint, runner, grader, console, use_cuda)
+
+
+def _train(cfg: TrainConfig, rows: list[Row], val_rows: list[Row], checkpoint: Path | None, runner: RolloutRunner,
+           grader: Any, console: Console, use_cuda: bool) -> TrainResult:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import GRPOTrainer
+
     # on a CPU the compact log-prob forward scores only the tokens the rollouts say the policy generated
     generated = None if use_cuda else GeneratedTokens()
     rollouts = AgentRollouts(rows, runner, grader or build_grader(cfg), seed=cfg.seed, generated=generated)
@@ -235,7 +250,6 @@ def train(
         torch.set_num_threads(cfg.torch_threads)
 
     monitor = Monitor(cfg, cfg.output_dir, rollouts, runner, val_rows, console=console)
-    from datasets import Dataset
 
     trainer = GRPOTrainer(
         model=model,
@@ -251,6 +265,8 @@ def train(
         trainer.remove_callback(noisy)
     if generated is not None:
         _compact_logprobs(trainer, cfg.temperature, cpu_autocast(cfg), generated)
+    if isinstance(runner, VLLMRollouts):
+        runner.attach(trainer)
     monitor.attach(trainer)
     trainer.rollouts = rollouts  # reachable from tests and custom runners
     try:
@@ -268,6 +284,30 @@ def train(
         best_dir=monitor.best_dir if best else None,
         last_checkpoint=last_checkpoint(cfg.output_dir),
     )
+
+
+@contextmanager
+def vllm_rollouts(cfg: TrainConfig, use_cuda: bool, console: Console) -> Iterator[VLLMRollouts]:
+    """Rollouts through the config's vLLM servers, or through one started here for the run's length."""
+    urls = list(cfg.vllm_urls)
+    with ExitStack() as stack:
+        if not urls:
+            from ..agent.vllm_server import VLLMServer
+
+            server = VLLMServer(
+                cfg.base_model,
+                dtype="bfloat16" if use_cuda and cfg.bf16 is not False else "float32",
+                lora_rank=cfg.lora.rank if cfg.lora is not None else None,
+                dev_mode=cfg.lora is None,  # full weights are reloaded through the dev-mode routes
+                max_num_seqs=cfg.trajectories_per_step,
+                log_path=cfg.output_dir / "vllm.log",
+                extra_args=("--gpu-memory-utilization", str(cfg.vllm_gpu_memory_utilization)) if use_cuda else (),
+            )
+            console.print(f"starting a vLLM server for {cfg.base_model} (log: {server.log_path})", markup=False)
+            urls = [stack.enter_context(server).url]
+            console.print(f"vLLM serving on {urls[0]} after {server.startup_s:.0f}s", markup=False)
+        yield VLLMRollouts(urls, cfg.tools_url, cfg.tools_token(), cfg.rollout_settings(), cfg.output_dir,
+                           lora=cfg.lora is not None)
 
 
 def cpu_autocast(cfg: TrainConfig) -> bool:

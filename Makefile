@@ -45,7 +45,7 @@ test: $(STAMP) $(VLLM_STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/agentrft demo
 
-bench: $(STAMP)
+bench: $(STAMP) $(VLLM_STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

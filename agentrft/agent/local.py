@@ -207,16 +207,8 @@ class LocalPolicy:
         return cls(model, tokenizer, device=device, batch_size=batch_size, name=str(path))
 
     def _stop_ids(self) -> list[int]:
-        ids: set[int] = set()
         config_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        for value in (config_eos, self.tokenizer.eos_token_id):
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, (list, tuple)):
-                ids.update(int(v) for v in value)
-        if not ids:
-            raise UserError(f"{self.name}: the tokenizer has no end-of-sequence token to stop generation at")
-        return sorted(ids)
+        return render.end_token_ids(self.name, config_eos, self.tokenizer.eos_token_id)
 
     @property
     def device(self) -> torch.device:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from ..errors import UserError
 from .episode import Episode
 
 
@@ -99,4 +100,18 @@ def append_generated(episode: Episode, ids: list[int], logprobs: list[float]) ->
     episode.n_tokens = len(episode.token_ids)
 
 
-__all__ = ["append_context", "append_generated", "pending_context", "render_prompt", "start", "tool_suffix_ids"]
+def end_token_ids(source: str, *values: Any) -> list[int]:
+    """Token ids a turn stops at: every id in ``values`` (ints or lists of them, e.g. the tokenizer's
+    ``eos_token_id`` and a generation config's); a UserError naming ``source`` when there is none."""
+    ids: set[int] = set()
+    for value in values:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise UserError(f"{source}: the tokenizer has no end-of-sequence token to stop generation at")
+    return sorted(ids)
+
+
+__all__ = ["append_context", "append_generated", "end_token_ids", "pending_context", "render_prompt", "start", "tool_suffix_ids"]

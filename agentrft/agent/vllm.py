@@ -304,7 +304,6 @@ def _load_tokenizer(source: str | Path) -> Any:
 
 def _stop_ids(tokenizer: Any) -> list[int]:
     """The tokenizer's end-of-sequence id and those of its folder's generation config, as LocalPolicy stops."""
-    ids: set[int] = set()
     values: list[Any] = [tokenizer.eos_token_id]
     try:
         from transformers import GenerationConfig
@@ -312,14 +311,7 @@ def _stop_ids(tokenizer: Any) -> list[int]:
         values.append(GenerationConfig.from_pretrained(tokenizer.name_or_path).eos_token_id)
     except (OSError, ValueError):
         pass  # no generation config beside the tokenizer
-    for value in values:
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    if not ids:
-        raise UserError(f"{tokenizer.name_or_path}: the tokenizer has no end-of-sequence token to stop generation at")
-    return sorted(ids)
+    return render.end_token_ids(str(tokenizer.name_or_path), *values)
 
 
 __all__ = ["VLLMPolicy", "VLLMServer", "check_weights_folder", "request_seed", "save_weights"]

@@ -53,6 +53,7 @@ def serve(
     read_budget: Annotated[int, typer.Option(help="Characters read returns before truncating.")] = 8000,
     no_embeddings: Annotated[bool, typer.Option("--no-embeddings", help="BM25-only search.")] = False,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    tool_timeout: Annotated[float, typer.Option(help="Seconds a tool may run before its call answers with an error.")] = 60.0,
 ) -> None:
     """Serve tools as bearer-authenticated HTTP endpoints (POST /<tool>, GET /tools, GET /healthz)."""
     if corpus is None and tools is None:
@@ -61,6 +62,8 @@ def serve(
         raise UserError(f"{corpus}: corpus directory not found")
     if read_budget < 1:
         raise UserError(f"--read-budget must be positive, got {read_budget}")
+    if not tool_timeout > 0:
+        raise UserError(f"--tool-timeout must be positive, got {tool_timeout:g}")
     token = resolve_token(token_file, no_auth)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if token is None:
@@ -75,7 +78,7 @@ def serve(
     if tools is not None:
         registry.merge(load_tools(tools))
     log.info("serving %s on http://%s:%d", ", ".join(registry.tools), host, port)
-    uvicorn.run(create_app(registry, token), host=host, port=port, access_log=access_log,
+    uvicorn.run(create_app(registry, token, tool_timeout_s=tool_timeout), host=host, port=port, access_log=access_log,
                 log_level="info", backlog=2048, timeout_keep_alive=30)
 
 

@@ -14,14 +14,21 @@ Status codes:
   document path, path outside the corpus, a tool that raised: ``Error: tool 'read' failed: ...``,
   logged with the call id).
 - 400: the body is not JSON, not an object, or ``arguments`` is not an object / a JSON object string.
-- 401: missing or wrong bearer token (every route except ``/healthz``, ``GET /tools`` included).
-- 404: no tool of that name (asked only after the token is checked, so names are not probed).
-- 405: wrong HTTP method. 413: body over ``max_body_bytes`` (1 MB).
+- 400: the body is not JSON, not an object, nests deeper than the JSON parser goes, or ``arguments``
+  is not an object / a JSON object string.
+- 401: missing or wrong bearer token (every route except ``/healthz``, ``GET /tools`` and
+  ``GET /openapi.json`` included; an unknown path or a wrong method too, so nothing is probed).
+- 404: no tool of that name. 405: wrong HTTP method. 413: body over ``max_body_bytes`` (1 MB).
 - 422: the arguments do not fit the tool's signature (missing, wrong type, unexpected name).
+
+A tool that runs past ``tool_timeout_s`` answers ``Error: tool ... did not answer within ...`` (a
+sync tool's thread cannot be stopped and finishes in the background; the caller is not kept
+waiting). ``GET /openapi.json`` is the document of all this, derived from the registry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import hmac
@@ -33,11 +40,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .openapi import tools_openapi
 from .registry import ToolArgumentError, ToolRegistry
 
 log = logging.getLogger("agentrft.tools")
 
 MAX_BODY_BYTES = 1_000_000
+TOOL_TIMEOUT_S = 60.0
 
 
 class BadRequest(Exception):
@@ -51,7 +60,12 @@ def _reply(output: str, call_id: Any, managed: bool, status: int = 200) -> Respo
     if managed:
         body = {"type": "function_call_output", "call_id": call_id, "output": output}
     # json.dumps by hand: FastAPI's encoder walks the dict for nothing on this hot path.
-    return Response(json.dumps(body, ensure_ascii=False), status_code=status, media_type="application/json")
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (a call_id of "\ud800") has no UTF-8 form; escape it
+        data = json.dumps(body).encode()
+    return Response(data, status_code=status, media_type="application/json")
 
 
 def _parse(raw: bytes) -> tuple[dict[str, Any], Any, bool, Any]:
@@ -60,6 +74,8 @@ def _parse(raw: bytes) -> tuple[dict[str, Any], Any, bool, Any]:
         body = json.loads(raw) if raw.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(400, f"body is not valid JSON ({exc.__class__.__name__}: {exc})") from None
+    except RecursionError:
+        raise BadRequest(400, "body nests too deep; send a flat JSON object with arguments and call_id") from None
     if not isinstance(body, dict):
         raise BadRequest(400, "body must be a JSON object with arguments and call_id")
     call_id = body.get("call_id")
@@ -70,6 +86,8 @@ def _parse(raw: bytes) -> tuple[dict[str, Any], Any, bool, Any]:
             arguments = json.loads(arguments) if arguments.strip() else {}
         except json.JSONDecodeError as exc:
             raise BadRequest(400, f"arguments is not valid JSON: {exc}", call_id, managed) from None
+        except RecursionError:
+            raise BadRequest(400, "arguments nest too deep", call_id, managed) from None
     if arguments is None:
         arguments = {}
     if not isinstance(arguments, dict):
@@ -100,11 +118,13 @@ async def _lifespan(app: FastAPI):
     yield
 
 
-def create_app(registry: ToolRegistry, token: str | None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(registry: ToolRegistry, token: str | None, max_body_bytes: int = MAX_BODY_BYTES,
+               tool_timeout_s: float = TOOL_TIMEOUT_S) -> FastAPI:
     """The ASGI app serving ``registry``; ``token=None`` serves without auth (say so in the log)."""
     app = FastAPI(title="agentrft tools", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
     expected = token.encode() if token else None
     specs_body = json.dumps(registry.specs(), ensure_ascii=False)
+    openapi_body = json.dumps(tools_openapi(registry, secured=expected is not None), ensure_ascii=False)
 
     def authorized(request: Request) -> bool:
         if expected is None:
@@ -118,6 +138,8 @@ def create_app(registry: ToolRegistry, token: str | None, max_body_bytes: int = 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if not authorized(request):  # an unknown path or method says nothing to a caller without the token
+            return _reply("Error: missing or invalid bearer token", None, False, 401)
         return _reply(f"Error: {exc.detail}", None, False, exc.status_code)
 
     @app.get("/healthz")
@@ -129,6 +151,12 @@ def create_app(registry: ToolRegistry, token: str | None, max_body_bytes: int = 
         if not authorized(request):
             raise BadRequest(401, "missing or invalid bearer token")
         return Response(specs_body, media_type="application/json")
+
+    @app.get("/openapi.json")
+    async def openapi(request: Request) -> Response:
+        if not authorized(request):
+            raise BadRequest(401, "missing or invalid bearer token")
+        return Response(openapi_body, media_type="application/json")
 
     @app.post("/{tool_name}")
     async def call(tool_name: str, request: Request) -> Response:
@@ -147,7 +175,10 @@ def create_app(registry: ToolRegistry, token: str | None, max_body_bytes: int = 
         except ToolArgumentError as exc:
             raise BadRequest(422, f"{tool_name}: {exc}", call_id, managed) from None
         try:
-            output = await tool.run(checked)
+            output = await asyncio.wait_for(tool.run(checked), tool_timeout_s)
+        except TimeoutError:
+            log.warning("tool %r did not answer within %gs (call_id=%s)", tool_name, tool_timeout_s, call_id)
+            output = f"Error: tool {tool_name!r} did not answer within {tool_timeout_s:g}s"
         except Exception as exc:  # a broken tool answers with an error; it never takes the server down
             log.exception("tool %r failed (call_id=%s)", tool_name, call_id)
             output = f"Error: tool {tool_name!r} failed: {exc.__class__.__name__}: {exc}"

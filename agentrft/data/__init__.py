@@ -1,5 +1,8 @@
-"""Step 2, the dataset: the synthetic filings corpus and its rows, validation, splitting, log import."""
+"""Step 2, the dataset: the synthetic filings corpus and its rows, validation, splitting, log import,
+public benchmarks adapted into a corpus and rows."""
 
+from .adapt import adapt, write_adapted
+from .benchmarks import read_benchmark
 from .facts import COMPANIES, METRIC_LABELS, STATEMENT_LABELS, Filing, build_filings, filing_facts
 from .logs import import_logs
 from .split import stratified_split
@@ -12,11 +15,14 @@ __all__ = [
     "STATEMENT_LABELS",
     "Filing",
     "SynthSummary",
+    "adapt",
     "build_filings",
     "filing_facts",
     "import_logs",
+    "read_benchmark",
     "stratified_split",
     "synth",
     "synth_rows",
     "validate_files",
+    "write_adapted",
 ]

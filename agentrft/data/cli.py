@@ -1,7 +1,8 @@
-"""Commands of agentrft.data: ``agentrft data synth | validate | split | stats | import-logs``."""
+"""Commands of agentrft.data: ``agentrft data synth | validate | split | stats | import-logs | adapt | generate``."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -125,6 +126,65 @@ def import_logs_command(
         raise UserError(f"{logs}: no log line has a usable reference; nothing written")
     write_models(out, result.rows)
     console.print(f"Kept {len(result.rows)} rows, left out {len(result.left_out)}; wrote {out}")
+
+
+def _adapt_tables(adapted) -> tuple[Table, Table]:
+    from .adapt import KINDS
+
+    made = Table(title="Questions by answer type: rows per grader, and skipped")
+    for name in ("answer type", *KINDS, "skipped", "total"):
+        made.add_column(name, justify="left" if name == "answer type" else "right")
+    skipped_by_type = Counter(kind for _, kind, _ in adapted.skipped)
+    types = list(dict.fromkeys([*(t for t, _ in adapted.made), *skipped_by_type]))
+    for answer_type in types:
+        counts = [adapted.made[(answer_type, kind)] for kind in KINDS]
+        skipped = skipped_by_type[answer_type]
+        made.add_row(answer_type, *map(str, counts), str(skipped), str(sum(counts) + skipped))
+    totals = [sum(adapted.made[(t, kind)] for t in types) for kind in KINDS]
+    made.add_row("total", *map(str, totals), str(len(adapted.skipped)), str(adapted.questions), style="bold")
+    reasons = Table(title="Skipped, by reason")
+    reasons.add_column("reason")
+    reasons.add_column("questions", justify="right")
+    for reason, count in adapted.reasons().most_common():
+        reasons.add_row(reason, str(count))
+    return made, reasons
+
+
+@data_app.command("adapt")
+def adapt_command(
+    file: Path = typer.Argument(..., help="The benchmark file (JSON array or JSONL), e.g. tatqa_dataset_dev.json."),
+    fmt: str = typer.Option(..., "--format", help="Its layout: tatqa or finqa."),
+    out: Path = typer.Option(..., "--out", help="Directory for corpus/, the row files, graders/ and the skipped list."),
+    name: str = typer.Option("", help="Row file stem (default: the input's stem, with the format in front if it lacks it)."),
+    read_budget: int = typer.Option(8000, "--read-budget", min=1,
+                                    help="Characters the read tool returns; a longer document's questions are skipped."),
+) -> None:
+    """Turn a public benchmark into a corpus (a document per context) and rows that pass validate."""
+    from .adapt import adapt, write_adapted
+    from .benchmarks import FORMATS, read_benchmark
+    from .synth import row_tool_specs
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    stem = name or (file.stem if fmt in file.stem.lower() else f"{fmt}_{file.stem}")
+    bench = read_benchmark(file, fmt)  # type: ignore[arg-type]
+    if not bench.questions and not bench.unreadable:
+        raise UserError(f"{file}: no questions; expected {fmt} records")
+    adapted = adapt(bench, fmt, read_budget, row_tool_specs())  # type: ignore[arg-type]
+    if not any(adapted.rows.values()):
+        first = adapted.skipped[0]
+        raise UserError(f"{file}: no question could become a row (first: {first[0]}: {first[2]}); nothing written")
+    written = write_adapted(adapted, out, stem, fmt)  # type: ignore[arg-type]
+    console.print(f"Wrote {len(adapted.documents)} documents under {written.corpus}")
+    for kind, path in written.row_files.items():
+        console.print(f"Wrote {len(adapted.rows[kind])} rows to {path} (grader: {written.grader_files[kind]})", markup=False)
+    made, reasons = _adapt_tables(adapted)
+    console.print(made)
+    if adapted.skipped:
+        console.print(reasons)
+    kept = adapted.questions - len(adapted.skipped)
+    console.print(f"{adapted.questions} questions: {kept} rows + {len(adapted.skipped)} skipped "
+                  f"(each with its reason in {written.skipped_file})", markup=False)
 
 
 def register(app: typer.Typer) -> None:

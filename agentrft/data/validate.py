@@ -5,7 +5,7 @@ JSON, wrong field types, blank reference answers, tool specs that are not functi
 leakage: the same prompt (case, spacing and punctuation folded) in a train file and a val file,
 which would make the val score measure memory instead of skill.
 
-Which side a row is on comes from its file name (``train`` or ``val``/``valid``/``eval``/``test`` as
+Which side a row is on comes from its file name (``train`` or ``val``/``valid``/``dev``/``eval``/``test`` as
 a word in it) and, for a file named neither way, from the id prefix (``train-…`` / ``val-…``).
 """
 
@@ -25,7 +25,7 @@ from .questions import normalise_prompt
 
 REQUIRED = ("id", "prompt", "reference_answer")
 _TRAIN_WORDS = {"train", "training"}
-_VAL_WORDS = {"val", "valid", "validation", "eval", "test", "heldout"}
+_VAL_WORDS = {"val", "valid", "validation", "dev", "eval", "test", "heldout"}
 
 
 @dataclass

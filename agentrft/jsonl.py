@@ -6,7 +6,9 @@ error per run) and never skip a bad line silently.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -98,13 +100,51 @@ def read_models(path: str | Path, model: type[M], allow_empty: bool = False) -> 
     return [item for _, item in read_numbered_models(path, model, allow_empty)]
 
 
+WRITE_CHUNK_BYTES = 1 << 20
+
+
 def write_models(path: str | Path, items: Iterable[BaseModel], append: bool = False) -> int:
-    """Write models as JSONL (compact, keys in field order); returns the number written."""
+    """Write models as JSONL (compact, keys in field order); returns the number written.
+
+    A write that fails (the disk full, a file-size limit) or is interrupted leaves no partial line:
+    the file is cut back to where this write began, so every line before it stays whole and a
+    resumed command reads on from there. The failure is one UserError naming the file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with path.open("a" if append else "w", encoding="utf-8") as handle:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write it ({exc.strerror or exc.__class__.__name__})") from None
+    count, begin = 0, 0
+    try:
+        begin = os.fstat(fd).st_size
+        buffer: list[str] = []
+        size = 0
         for item in items:
-            handle.write(item.model_dump_json(exclude_none=False) + "\n")
+            line = item.model_dump_json(exclude_none=False) + "\n"
+            buffer.append(line)
+            size += len(line)
             count += 1
+            if size >= WRITE_CHUNK_BYTES:
+                _write_all(fd, "".join(buffer).encode())
+                buffer, size = [], 0
+        _write_all(fd, "".join(buffer).encode())
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, begin)
+        if isinstance(exc, OSError):
+            kept = "what it held before this write is kept" if append else "it is left empty"
+            raise UserError(f"{path}: cannot write ({exc.strerror or exc}); {kept}") from None
+        raise
+    finally:
+        os.close(fd)
     return count
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is out (a write may take fewer bytes than it was given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -220,6 +220,7 @@ class EvalRecord(_Model):
     reward: float | None = Field(default=None, ge=0.0, le=1.0)
     reason: str = ""
     tool_calls: int = 0
+    tool_errors: int = Field(default=0, description="Tool results that were errors (server down, timeout, bad call).")
     answer: str = ""
     stop_reason: StopReason = "answer"
     task_type: str = "unknown"

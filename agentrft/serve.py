@@ -12,68 +12,213 @@ Three substitutions on the way out, each a flag rather than a code change:
 
 Routes: ``POST /v1/agent`` (the whole agent loop: prompt in, answer + trace out),
 ``POST /v1/chat/completions`` (one OpenAI-compatible turn with ``tool_calls``, for clients that run
-their own tool loop), ``GET /v1/models``, ``GET /healthz``. A bearer key (``--api-key-env``) guards
-every route but ``/healthz``.
+their own tool loop), ``GET /v1/models``, ``GET /healthz``, and ``GET /openapi.json`` (typed request
+and response models, so the document says what each route answers). A bearer key (``--api-key-env``)
+guards every path but ``/healthz``, checked before a body is read; without one, ``serve`` listens on
+loopback only unless ``--allow-no-key`` says otherwise. Bodies over 1 MB are refused (413); a
+conversation the chat template cannot render is a 400; an unreachable tool server a 503. The key and
+the tool token are never logged or echoed.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the route signatures' types at runtime.
 import asyncio
 import datetime as dt
 import hmac
+import ipaddress
+import logging
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
 from .files import read_text
-from .schema import Row
+from .schema import Row, RowMetadata, StopReason, ToolSpec, Turn
 
 DEFAULT_PORT = 8100
+MAX_BODY_BYTES = 1_000_000
+"""Largest request body; a production prompt or conversation is kilobytes."""
+MAX_TEXT_CHARS = 100_000
+log = logging.getLogger("agentrft.serve")
 
 
-class AgentRequest(BaseModel):
+def _check_text(value: Any) -> Any:
+    """Refuse strings with no UTF-8 form (a lone surrogate such as "\\ud800", which JSON can carry):
+    the tokenizer and the trace writer would fail on them deep inside, as a 500."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise ValueError("text holds a lone UTF-16 surrogate; send valid Unicode") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+class _Request(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        return _check_text(data)
+
+
+class AgentRequest(_Request):
     """A production question: the prompt, and an optional id to find its trace by."""
 
-    prompt: str = Field(min_length=1)
-    id: str | None = None
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    id: str | None = Field(default=None, min_length=1, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _metadata_fits_a_row(self) -> "AgentRequest":
+        try:
+            RowMetadata.model_validate(self.metadata)
+        except ValidationError as exc:
+            raise ValueError(f"metadata: {exc.errors()[0]['msg']}") from None
+        return self
 
-class ChatRequest(BaseModel):
+
+class ChatFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ChatToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ChatFunction
+
+
+class ChatMessage(BaseModel):
+    """One message of an OpenAI conversation (text content; no images)."""
+
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    tool_calls: list[ChatToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class ChatRequest(_Request):
     """The subset of an OpenAI chat-completions request a tool-using agent sends."""
 
-    model_config = {"extra": "ignore"}
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    tools: list[dict[str, Any]] = Field(default_factory=list)
-    temperature: float | None = None
-    max_tokens: int | None = None
+    model_config = ConfigDict(extra="ignore")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    tools: list[ToolSpec] = Field(default_factory=list)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class AgentResponse(BaseModel):
+    id: str
+    answer: str
+    tool_calls: int
+    stop_reason: StopReason
+    turns: list[Turn]
+
+
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[ChatToolCall] | None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatChoiceMessage
+    finish_reason: Literal["stop", "length", "tool_calls"]
+
+
+class ChatUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: ChatUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {400: "The body is not JSON.", 401: "Missing or wrong bearer key.", 413: "The body is over 1 MB.",
+            503: "The production tool server is unreachable."}
+    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
+
+
+class _KeyGuard:
+    """ASGI middleware: every path but ``/healthz`` needs the key, unknown paths and the OpenAPI
+    document included, and it is checked before the body is read or parsed."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.expected = app, api_key.encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] == "/healthz" or self._authorized(scope):
+            return await self.app(scope, receive, send)
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": b'{"detail":"missing or wrong bearer key"}'})
+
+    def _authorized(self, scope: dict[str, Any]) -> bool:
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        scheme, _, given = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.expected)
 
 
 def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: Any, traces_dir: Path,
                api_key: str | None = None) -> Any:
     """Build the FastAPI app around one policy (see the module docstring for the routes)."""
-    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi import FastAPI, HTTPException
+    from jinja2 import TemplateError
 
     from .agent.episode import Episode
     from .agent.loop import run_rollouts
     from .jsonl import write_models
-    from .tools.client import ToolClient
+    from .tools.client import ToolClient, ToolServerUnavailable
 
-    app = FastAPI(title="agentrft serve")
+    app = FastAPI(title="agentrft serve", docs_url=None, redoc_url=None, max_body_size=MAX_BODY_BYTES)
+    if api_key is not None:
+        app.add_middleware(_KeyGuard, api_key=api_key)
     lock = asyncio.Lock()  # one generation at a time: a local model is not re-entrant
     traces_dir.mkdir(parents=True, exist_ok=True)
-
-    def auth(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(401, "missing or wrong bearer key")
+    guarded = _errors(401) if api_key is not None else {}
+    posted = {**guarded, **_errors(400, 413)}
 
     class _Serialized:
         """The policy, with every generate call taken in turn."""
@@ -86,21 +231,24 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
 
     serial = _Serialized()
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "model": policy.name}
 
-    @app.get("/v1/models", dependencies=[Depends(auth)])
+    @app.get("/v1/models", response_model=ModelList, responses=guarded)
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": policy.name, "object": "model", "owned_by": "agentrft"}]}
 
-    @app.post("/v1/agent", dependencies=[Depends(auth)])
+    @app.post("/v1/agent", response_model=AgentResponse, responses={**posted, **_errors(503)})
     async def agent(req: AgentRequest) -> dict[str, Any]:
         row_id = req.id or f"prod-{uuid.uuid4().hex[:12]}"
         row = Row(id=row_id, prompt=req.prompt, reference_answer="(production: no reference)",
                   metadata={"source": "production", **req.metadata})
-        async with ToolClient(tools_url, token=tools_token) as client:
-            trajectory = (await run_rollouts([row], serial, client, settings))[0]
+        try:
+            async with ToolClient(tools_url, token=tools_token, timeout_s=settings.tool_timeout_s) as client:
+                trajectory = (await run_rollouts([row], serial, client, settings))[0]
+        except ToolServerUnavailable as exc:
+            raise HTTPException(503, f"production tools: {exc}") from None
         day = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
         write_models(traces_dir / f"production-{day}.jsonl", [trajectory], append=True)
         return {
@@ -111,18 +259,48 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
             "turns": [t.model_dump() for t in trajectory.turns],
         }
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=posted)
     async def chat(req: ChatRequest) -> dict[str, Any]:
         turn_settings = settings.model_copy(update={
             k: v for k, v in (("temperature", req.temperature), ("max_new_tokens", req.max_tokens)) if v is not None
         })
-        last_user = next((m.get("content") for m in reversed(req.messages) if m.get("role") == "user"), "") or ""
-        row = Row(id=f"chat-{uuid.uuid4().hex[:12]}", prompt=str(last_user) or "(none)", reference_answer="-")
-        episode = Episode(row=row, sample_index=0, messages=list(req.messages), tools=list(req.tools))
-        reply = (await serial.generate([episode], turn_settings))[0]
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        last_user = next((m.content for m in reversed(req.messages) if m.role == "user"), "") or ""
+        row = Row(id=f"chat-{uuid.uuid4().hex[:12]}", prompt=last_user.strip() or "(none)", reference_answer="-")
+        tools = [spec.model_dump(exclude_none=True) for spec in req.tools]
+        episode = Episode(row=row, sample_index=0, messages=messages, tools=tools)
+        try:
+            reply = (await serial.generate([episode], turn_settings))[0]
+        except (TemplateError, ValueError, TypeError, KeyError) as exc:
+            # The model's chat template refused this conversation (a role order it does not know).
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise HTTPException(400, f"the model's chat template cannot render these messages: {first}") from None
         return _chat_response(policy.name, reply, episode)
 
     return app
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (a name other than localhost counts as not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, api_key: str | None, allow_no_key: bool) -> str | None:
+    """Refuse to serve without a key beyond loopback; the warning to print when ``--allow-no-key`` does."""
+    if api_key is not None or is_loopback(host):
+        return None
+    if not allow_no_key:
+        raise UserError(
+            f"--host {host}: refusing to serve without a key beyond loopback; pass --api-key-env VAR "
+            "(a variable holding the key clients send), or --allow-no-key to serve it open anyway"
+        )
+    return (f"serving on {host} WITHOUT a key (--allow-no-key): anyone who can reach it can run the model "
+            "and, through it, the production tools")
 
 
 def _chat_response(model: str, reply: Any, episode: Any) -> dict[str, Any]:
@@ -162,11 +340,15 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1"),
         port: int = typer.Option(DEFAULT_PORT),
         api_key_env: str | None = typer.Option(None, help="Environment variable holding the key clients "
-                                               "must send as a bearer token (default: no key)."),
+                                               "must send as a bearer token (required beyond loopback)."),
+        allow_no_key: bool = typer.Option(False, "--allow-no-key", help="Serve without a key on a non-loopback "
+                                          "--host anyway (with a warning)."),
         temperature: float = typer.Option(0.0, help="Sampling temperature in production (0 = greedy)."),
         max_tool_calls: int = typer.Option(12),
         max_trajectory_tokens: int = typer.Option(4096),
         max_new_tokens: int = typer.Option(256),
+        tool_timeout: float = typer.Option(30.0, help="Seconds a tool call may take before the model is told "
+                                           "it timed out."),
     ) -> None:
         """→ production: serve the tuned model with production tools; trace every call separately."""
         import uvicorn
@@ -174,15 +356,23 @@ def register(app: typer.Typer) -> None:
         from .agent.policy import LocalPolicy
         from .agent.settings import RolloutSettings
 
-        token = _read_token(tools_token_file)
         key = None
         if api_key_env:
             key = os.environ.get(api_key_env)
             if not key:
                 raise UserError(f"--api-key-env {api_key_env}: that environment variable is empty")
+        warning = check_exposure(host, key, allow_no_key)
+        if not tool_timeout > 0:
+            raise UserError(f"--tool-timeout must be positive, got {tool_timeout:g}")
+        token = _read_token(tools_token_file)
         policy = LocalPolicy.from_pretrained(model)
+        # A conversation longer than the model's position table is outside anything it was trained on.
+        positions = getattr(policy.model.config, "max_position_embeddings", None) or max_trajectory_tokens
         settings = RolloutSettings(temperature=temperature, max_tool_calls=max_tool_calls,
-                                   max_trajectory_tokens=max_trajectory_tokens, max_new_tokens=max_new_tokens)
+                                   max_trajectory_tokens=min(max_trajectory_tokens, positions),
+                                   max_new_tokens=max_new_tokens, tool_timeout_s=tool_timeout)
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)
         uvicorn.run(create_app(policy, tools_url, token, settings, traces, key), host=host, port=port)
 
 

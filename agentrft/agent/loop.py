@@ -7,7 +7,9 @@ each reply over as soon as it is final (``on_reply``) has its rollouts' tool cal
 rest of the batch is still generating. The next round starts when every call of this one has
 returned, so what the model sees never depends on timing. A rollout ends at a final answer, at the
 tool-call budget, or at the token budget. Malformed calls, unknown
-tools and tool errors never raise: they are recorded and the model sees an error message instead.
+tools and tool errors never raise: they are recorded and the model sees an error message instead;
+so does a call the tool server never answered (down after the client's retries, or past
+``settings.tool_timeout_s``): the rollout goes on, and ``is_error`` on its result counts it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..schema import MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
+from ..tools.client import ToolServerUnavailable
 from .episode import Episode, ParsedCall, Reply
 from .settings import RolloutSettings
 
@@ -161,7 +164,11 @@ async def _run_call(tools: ToolClient, episode: Episode, call: ParsedCall) -> tu
     known = [spec.get("function", {}).get("name") for spec in episode.tools]
     if call.name not in known:
         return f"Error: unknown tool {call.name!r}; the tools are: {', '.join(map(str, known))}", True, 0.0
-    reply = await tools.call(call.name, call.args, call.call_id)
+    start = time.perf_counter()
+    try:
+        reply = await tools.call(call.name, call.args, call.call_id)
+    except ToolServerUnavailable as exc:  # the server died mid-run: one failed call, not a failed run
+        return f"Error: tool {call.name!r} unavailable: {exc}", True, (time.perf_counter() - start) * 1000
     return reply.output, reply.is_error, reply.latency_ms
 
 
@@ -196,7 +203,7 @@ def rollout(
     from ..tools.client import ToolClient
 
     async def main() -> list[Trajectory]:
-        async with ToolClient(tools_url, token=token) as client:
+        async with ToolClient(tools_url, token=token, timeout_s=settings.tool_timeout_s) as client:
             return await run_rollouts(rows, policy, client, settings, samples_per_row, progress)
 
     return run_sync(main())

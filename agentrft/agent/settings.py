@@ -25,6 +25,9 @@ class RolloutSettings(BaseModel):
     """Same rows + same seed + same policy give the same trajectories; None samples freshly."""
     system_prompt: str | None = None
     """None uses the running example's system prompt (agentrft.model.prompts.SYSTEM_PROMPT)."""
+    tool_timeout_s: float = Field(default=30.0, gt=0.0)
+    """Seconds one tool call may take; a call past it comes back to the model as a timed-out error
+    and the rollout goes on (the tool client is opened with it)."""
 
 
 __all__ = ["RolloutSettings"]

@@ -31,6 +31,7 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     served_model: Annotated[Optional[str], typer.Option(help="Model name to request from an endpoint --model.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N rows.")] = None,
+    tool_timeout: Annotated[Optional[float], typer.Option(min=0.001, help="Seconds a tool call may take before the model is told it timed out (default 30).")] = None,
 ) -> None:
     """Step 7: run the agent on a dataset and grade every rollout (one EvalRecord per row and sample)."""
     from .run import EvalOptions, evaluate
@@ -38,7 +39,7 @@ def eval_command(
     options = EvalOptions(
         model=model, data=data, out=out, samples=samples, tools_url=tools_url, token_file=token_file,
         grader=grader, config=config, temperature=temperature, seed=seed, served_model=served_model,
-        limit=limit,
+        limit=limit, tool_timeout=tool_timeout,
     )
     summary = evaluate(options)
     typer.echo(summary.describe())

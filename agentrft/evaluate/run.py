@@ -6,7 +6,14 @@ deterministic answer per row makes base vs tuned a paired comparison with no sam
 ``--samples K`` each row is sampled K times and compared on its mean.
 
 Records are appended batch by batch, trajectory first and record second, so an interrupted run
-resumes where it stopped: rows (and samples) already in the output file are skipped.
+resumes where it stopped: rows (and samples) already in the output file are skipped. A batch whose
+write fails (the disk full) is cut back whole, so the records before it stay readable and the same
+command continues from them.
+
+Faults the run survives rather than stops for: a tool server that goes down and comes back (its
+unanswered calls are tool errors the model saw, counted per record and reported as a rate), a tool
+that hangs (``--tool-timeout``), a judge that times out (that sample has no grade and stays out of
+the mean reward, never scored 0).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UserError
 from ..files import read_text, refuse_overwrite
 from ..jsonl import read_models, write_models
-from ..schema import EvalRecord, Row, Trajectory
+from ..schema import EvalRecord, Row, ToolResultTurn, Trajectory
 from .records import traces_path_for
 
 if TYPE_CHECKING:
@@ -52,6 +59,7 @@ class EvalOptions:
     served_model: str | None = None
     limit: int | None = None
     progress: bool = True
+    tool_timeout: float | None = None
 
 
 @dataclass
@@ -66,6 +74,13 @@ class EvalSummary:
     mean_reward: float | None
     mean_tool_calls: float
     ungraded: int
+    tool_calls: int = 0
+    tool_errors: int = 0
+    """Tool results that were errors (the model's own mistakes, and calls the server never answered)."""
+
+    @property
+    def tool_error_rate(self) -> float | None:
+        return self.tool_errors / self.tool_calls if self.tool_calls else None
 
     def describe(self) -> str:
         reward = "n/a" if self.mean_reward is None else f"{self.mean_reward:.3f}"
@@ -76,8 +91,10 @@ class EvalSummary:
         ]
         if self.skipped_rows:
             lines.insert(1, f"skipped {self.skipped_rows} rows already in {self.out.name}")
+        if self.tool_error_rate is not None:
+            lines.append(f"tool errors: {self.tool_errors} of {self.tool_calls} calls ({self.tool_error_rate:.1%})")
         if self.ungraded:
-            lines.append(f"no grade (the grader failed): {self.ungraded} records")
+            lines.append(f"no grade (the grader failed): {self.ungraded} records, left out of the mean")
         return "\n".join(lines)
 
 
@@ -111,6 +128,8 @@ def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | 
         fields["temperature"] = 0.0  # greedy: one deterministic answer per row
     elif options.temperature is not None:
         fields["temperature"] = options.temperature
+    if options.tool_timeout is not None:
+        fields["tool_timeout_s"] = options.tool_timeout
     return RolloutSettings(**fields), tools_url or DEFAULT_TOOLS_URL, _read_token(options, config_token), grader
 
 
@@ -173,6 +192,7 @@ def _record(row: Row, trajectory: Trajectory, grade: Any, model: str, trace_file
         answer=trajectory.output_text, stop_reason=trajectory.stop_reason,
         task_type=row.metadata.task_type, difficulty=row.metadata.difficulty,
         trace_file=trace_file, trace_line=line,
+        tool_errors=sum(isinstance(t, ToolResultTurn) and t.is_error for t in trajectory.turns),
     )
 
 
@@ -188,7 +208,7 @@ async def _run_batches(
     trace_file = os.path.relpath(traces, options.out.parent)
     line = _next_trace_line(traces)
     written = 0
-    async with ToolClient(tools_url, token=token) as client:
+    async with ToolClient(tools_url, token=token, timeout_s=settings.tool_timeout_s) as client:
         for start in range(0, len(todo), BATCH_ROWS):
             batch = todo[start : start + BATCH_ROWS]
             rows = [row for row, _ in batch]
@@ -204,8 +224,12 @@ async def _run_batches(
             for (row, trajectory), grade in zip(pairs, grades):
                 line += 1
                 records.append(_record(row, trajectory, grade, options.model, trace_file, line))
-            write_models(traces, [t for _, t in pairs], append=True)
-            written += write_models(options.out, records, append=True)
+            try:
+                write_models(traces, [t for _, t in pairs], append=True)
+                written += write_models(options.out, records, append=True)
+            except UserError as exc:
+                raise UserError(f"{exc} ({written} new records before it); "
+                                "free space and rerun the same command to continue") from None
     return written
 
 
@@ -216,7 +240,8 @@ def _summary(options: EvalOptions, written: int, skipped: int) -> EvalSummary:
         out=options.out, traces=traces_path_for(options.out), written=written, skipped_rows=skipped,
         records=len(records), mean_reward=sum(graded) / len(graded) if graded else None,
         mean_tool_calls=sum(r.tool_calls for r in records) / len(records) if records else 0.0,
-        ungraded=len(records) - len(graded),
+        ungraded=len(records) - len(graded), tool_calls=sum(r.tool_calls for r in records),
+        tool_errors=sum(r.tool_errors for r in records),
     )
 
 

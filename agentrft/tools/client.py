@@ -4,6 +4,8 @@ A tool-level problem never raises: the server's error text comes back as ``ToolR
 ``is_error=True`` so the agent loop can hand it to the model. Connection failures and 5xx replies are
 retried with exponential backoff; only a server that stays unreachable raises ToolServerUnavailable.
 A call that times out is not retried (the tool may still be running) and comes back as an error reply.
+``GET /tools`` is asked once per client: a server's tools do not change while it runs, and a rollout
+batch that starts while the server restarts still knows what it may call.
 
 Example::
 
@@ -49,6 +51,7 @@ class ToolClient:
         self.contract = contract
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
+        self._specs: list[dict[str, Any]] | None = None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -86,12 +89,15 @@ class ToolClient:
         return ToolReply(output, is_error, latency, response.status_code, echoed)
 
     async def specs(self) -> list[dict[str, Any]]:
-        """GET /tools: the OpenAI function specs the server offers."""
+        """GET /tools: the OpenAI function specs the server offers (asked once, then remembered)."""
+        if self._specs is not None:
+            return self._specs
         response = await self._send("GET", "/tools")
         if response is None or response.status_code != 200:
             status = "timeout" if response is None else f"{response.status_code}: {_output_of(response)[0]}"
             raise ToolServerUnavailable(f"GET {self.base_url}/tools failed ({status})")
-        return response.json()
+        self._specs = response.json()
+        return self._specs
 
     async def health(self) -> bool:
         response = await self._send("GET", "/healthz")

@@ -25,6 +25,7 @@ import asyncio
 import datetime as dt
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import time
@@ -181,24 +182,54 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
 
 
-class _KeyGuard:
-    """ASGI middleware: every path but ``/healthz`` needs the key, unknown paths and the OpenAPI
-    document included, and it is checked before the body is read or parsed."""
+class _Guard:
+    """ASGI middleware in front of every route: the key (when there is one) on every path but
+    ``/healthz``, unknown paths and the OpenAPI document included, checked before the body is read;
+    then the body limit, declared or streamed, answered in the same JSON shape as every other error."""
 
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app, self.expected = app, api_key.encode()
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
+        self.app, self.expected, self.limit = app, api_key.encode() if api_key else None, max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] == "/healthz" or self._authorized(scope):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": b'{"detail":"missing or wrong bearer key"}'})
+        if self.expected is not None and scope["path"] != "/healthz" and not self._authorized(scope):
+            return await _error(send, 401, "missing or wrong bearer key")
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"0")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await _error(send, 413, f"request body over {self.limit} bytes")
+        chunks, size = [], 0
+        while True:  # bodies are small: read whole here, so the limit holds for a streamed one too
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await _error(send, 413, f"request body over {self.limit} bytes")
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
 
     def _authorized(self, scope: dict[str, Any]) -> bool:
         header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         scheme, _, given = header.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.expected)
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.expected or b"")
+
+
+async def _error(send: Any, status: int, detail: str) -> None:
+    headers = [(b"content-type", b"application/json")] + ([(b"www-authenticate", b"Bearer")] if status == 401 else [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
 
 
 def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: Any, traces_dir: Path,
@@ -212,9 +243,8 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
     from .jsonl import write_models
     from .tools.client import ToolClient, ToolServerUnavailable
 
-    app = FastAPI(title="agentrft serve", docs_url=None, redoc_url=None, max_body_size=MAX_BODY_BYTES)
-    if api_key is not None:
-        app.add_middleware(_KeyGuard, api_key=api_key)
+    app = FastAPI(title="agentrft serve", docs_url=None, redoc_url=None)
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=MAX_BODY_BYTES)
     lock = asyncio.Lock()  # one generation at a time: a local model is not re-entrant
     traces_dir.mkdir(parents=True, exist_ok=True)
     guarded = _errors(401) if api_key is not None else {}
@@ -305,8 +335,6 @@ def check_exposure(host: str, api_key: str | None, allow_no_key: bool) -> str | 
 
 def _chat_response(model: str, reply: Any, episode: Any) -> dict[str, Any]:
     """An OpenAI chat-completions response body for one assistant turn."""
-    import json
-
     calls = [
         {"id": f"call_{i}", "type": "function",
          "function": {"name": c.name or "invalid", "arguments": c.raw if c.error and c.raw else json.dumps(c.args)}}

@@ -40,10 +40,12 @@ def _reply(description: str) -> dict[str, Any]:
 def _tool_operation(name: str, spec: dict[str, Any], secured: bool) -> dict[str, Any]:
     function = spec["function"]
     arguments = {**function.get("parameters", {"type": "object", "properties": {}}), "additionalProperties": False}
-    tutorial = {
+    tutorial: dict[str, Any] = {
         "type": "object",
         "properties": {"arguments": arguments, "call_id": {"type": "string"}},
     }
+    if arguments.get("required"):  # without arguments the server reads {}, which lacks them
+        tutorial["required"] = ["arguments"]
     managed = {
         "type": "object",
         "properties": {

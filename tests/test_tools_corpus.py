@@ -11,7 +11,7 @@ import pytest
 
 from agentrft.tools.corpus import Corpus, PathError, chunk_text, html_to_text, normalize_path
 from agentrft.tools.filings import FilingsTools, cut_to_budget
-from agentrft.tools.search_index import QueryBatcher, SearchIndex
+from agentrft.tools.search_index import QueryBatcher, SearchIndex, terms
 from agentrft.tools.testing import running_server
 
 HTML = """<html><head><title>Acme 10-Q Q3 2025</title><style>p {color: red}</style>
@@ -143,3 +143,30 @@ def test_concurrent_queries_are_batched_with_unchanged_results(small_corpus: Pat
             assert batcher.batches == 1
         else:  # two share it
             assert 2 <= batcher.batches < len(queries) / 2
+
+
+def test_terms_are_words_without_stopwords_and_their_neighbouring_pairs() -> None:
+    assert terms("The Tax credits of 2019") == ["tax", "credits", "2019", "tax credits", "credits 2019"]
+
+
+def test_a_phrase_outranks_the_same_words_scattered(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    # The same words in both (a tie for single words, which keeps path order); the phrase in the second.
+    (root / "1-scattered.txt").write_text("Tax expense rose; customer credits fell.\n\nLeases | 32,289")
+    (root / "2-phrase.txt").write_text("Tax credits rose; customer expense fell.\n\nLeases | 32,289")
+    index = SearchIndex.build(Corpus(root), embed=False)
+    hits = index.search("What were the tax credits?", 2)
+    assert [hit.path for hit in hits] == ["2-phrase.txt", "1-scattered.txt"]
+    assert hits[0].score == 1.0 > hits[1].score and hits[0].snippet.startswith("Tax credits rose")
+
+
+def test_embeddings_reorder_and_fill_in_where_no_word_matches(small_corpus: Path, tmp_path: Path) -> None:
+    index = SearchIndex.build(Corpus(small_corpus), tmp_path / "cache", embed=True)
+    assert index.search("zzqx wibble", 3, ranking="bm25") == []
+    filled = index.search("zzqx wibble", 3)  # no shared word: the nearest documents by meaning
+    assert len(filled) == 3 and all(0.0 <= hit.score <= 1.0 for hit in filled)
+    dense = index.search("dividends paid to shareholders", 1, ranking="embeddings")
+    assert dense[0].path == "notes.txt"
+    hybrid = index.search("Acme operating margin", 3)
+    assert hybrid[0].path == "filings/acme-10q-2025-q3.html" and hybrid[0].score > hybrid[1].score

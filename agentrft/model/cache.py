@@ -1,8 +1,8 @@
 """A cache for the warm-started tiny model, so a second ``agentrft demo`` skips the warm start.
 
 An entry is a directory named by the hash of its key parts (seed, agentrft version, hashes of the
-corpus and rows, the warm-start settings) holding the saved model and ``cache_key.json`` with the
-parts in full. A lookup returns an entry only when the stored parts equal the requested ones, so a
+corpus and rows, the warm-start settings, the version of the search ranking its demonstrations were
+recorded against) holding the saved model and ``cache_key.json`` with the parts in full. A lookup returns an entry only when the stored parts equal the requested ones, so a
 changed seed, version, corpus or setting never picks up a stale model. Entries are written to a
 temporary directory and renamed into place, so an interrupted store leaves nothing half-written.
 """
@@ -48,6 +48,7 @@ def warm_start_key_parts(
 ) -> dict[str, Any]:
     """The key parts of a warm-started tiny model: what, if changed, must invalidate it."""
     from .. import __version__
+    from ..tools.search_index import RANKING_VERSION
     from .prompts import MAX_NEW_TOKENS, READ_BUDGET_CHARS, SEARCH_TOP_K, SYSTEM_PROMPT
     from .tiny import RECIPE
 
@@ -58,6 +59,7 @@ def warm_start_key_parts(
         "tiny_recipe": RECIPE,
         "corpus_sha256": hash_paths(Path(corpus_dir)),
         "rows_sha256": hash_paths(Path(rows_path)),
+        "search_ranking": RANKING_VERSION,
         "sft_settings": settings,
         "prompt": {"system": SYSTEM_PROMPT, "read_budget": READ_BUDGET_CHARS, "top_k": SEARCH_TOP_K,
                    "max_new_tokens": MAX_NEW_TOKENS},

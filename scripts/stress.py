@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import socket
@@ -27,7 +28,6 @@ from pathlib import Path
 
 import httpx
 
-from agentrft.tools.client import ToolClient, ToolServerUnavailable
 
 METRICS = ["operating margin", "net income", "revenue", "gross margin", "operating income", "free cash flow"]
 PERIODS = ["Q1 2024", "Q2 2024", "Q3 2025", "FY2023", "FY2024"]
@@ -38,12 +38,14 @@ class Tally:
     """What the clients saw while measuring (calls of the warm-up are checked but not counted)."""
 
     measuring: bool = False
-    latencies: list[float] = field(default_factory=list)
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"search": [], "read": [], "list": []})
     by_tool: dict[str, int] = field(default_factory=lambda: {"search": 0, "read": 0, "list": 0})
     sent: int = 0
     answered: int = 0
     errors: list[str] = field(default_factory=list)
     mismatched: int = 0
+    rss: list[float] = field(default_factory=list)
+    """The server's RSS (MiB), sampled every tenth of the measured time."""
 
 
 def rss_mib(pid: int) -> float:
@@ -71,54 +73,97 @@ def check(name: str, args: dict, output: str) -> str | None:
     return None if "(score " in output else "search returned no hits"
 
 
-async def client(index: int, tools: ToolClient, paths: list[str], deadline: float, tally: Tally) -> None:
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough to POST JSON (the tutorial contract).
+
+    Not httpx: measured on this 2-core machine, an httpx client saturates near 100 requests/s (see
+    bench/tools_server.py) and 256 of them measured the load generator instead of the server.
+    """
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port, self.token = host, port, token
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def call(self, name: str, arguments: dict, call_id: str) -> tuple[int, dict]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        payload = json.dumps({"arguments": arguments, "call_id": call_id}).encode()
+        head = (f"POST /{name} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
+        self.writer.write(head.encode() + payload)
+        assert self.reader is not None
+        headers = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        length = next(int(h.split(":", 1)[1]) for h in headers if h.lower().startswith("content-length:"))
+        return int(headers[0].split()[1]), json.loads(await self.reader.readexactly(length))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def client(index: int, port: int, token: str, paths: list[str], deadline: float, tally: Tally) -> None:
+    """One closed-loop client on its own connection: the next call as soon as the last is answered."""
+    connection = Connection("127.0.0.1", port, token)
     n = 0
-    while time.monotonic() < deadline:
-        n += 1
-        kind = (index + n) % 3
-        path = paths[(index * 7 + n) % len(paths)]
-        if kind == 0:  # every query new, as the rollouts of different rows are
-            name, args = "search", {"query": f"{path.split('/')[1].split('-')[0]} {METRICS[n % 6]} "
-                                             f"{PERIODS[index % 5]} #{index}-{n}"}
-        elif kind == 1:
-            name, args = "read", {"path": path}
-        else:
-            name, args = "list", {"prefix": path[: 9 + n % 8]}
-        call_id = f"c{index}-{n}"
-        measuring = tally.measuring
-        tally.sent += measuring
-        start = time.perf_counter()
-        try:
-            reply = await tools.call(name, args, call_id=call_id)
-        except ToolServerUnavailable as exc:
-            tally.errors.append(f"{name}: {exc}")
-            continue
-        latency = time.perf_counter() - start
-        if reply.call_id != call_id:
-            tally.mismatched += 1
-        problem = f"{name}: HTTP {reply.status}: {reply.output[:120]}" if reply.is_error else check(name, args, reply.output)
-        if problem:
-            tally.errors.append(problem)
-        if measuring:
-            tally.answered += 1
-            tally.by_tool[name] += 1
-            tally.latencies.append(latency)
+    try:
+        while time.monotonic() < deadline:
+            n += 1
+            kind = (index + n) % 3
+            path = paths[(index * 7 + n) % len(paths)]
+            if kind == 0:  # every query new, as the rollouts of different rows are
+                name, args = "search", {"query": f"{path.split('/')[1].split('-')[0]} {METRICS[n % 6]} "
+                                                 f"{PERIODS[index % 5]} #{index}-{n}"}
+            elif kind == 1:
+                name, args = "read", {"path": path}
+            else:
+                name, args = "list", {"prefix": path[: 9 + n % 8]}
+            call_id = f"c{index}-{n}"
+            measuring = tally.measuring
+            tally.sent += measuring
+            start = time.perf_counter()
+            try:
+                status, reply = await asyncio.wait_for(connection.call(name, args, call_id), 60)
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, StopIteration) as exc:
+                tally.errors.append(f"{name}: {exc!r}")
+                connection.close()
+                connection = Connection("127.0.0.1", port, token)
+                continue
+            latency = time.perf_counter() - start
+            output = reply.get("output", "")
+            if reply.get("call_id") != call_id:
+                tally.mismatched += 1
+            failed = status != 200 or not isinstance(output, str) or output.startswith("Error:")
+            problem = f"{name}: HTTP {status}: {str(output)[:120]}" if failed else check(name, args, output)
+            if problem:
+                tally.errors.append(problem)
+            if measuring:
+                tally.answered += 1
+                tally.by_tool[name] += 1
+                tally.latencies[name].append(latency)
+    finally:
+        connection.close()
 
 
-async def load(url: str, token: str, clients: int, warmup: float, seconds: float, pid: int) -> tuple[Tally, float, float, float]:
+async def load(port: int, token: str, clients: int, warmup: float, seconds: float, pid: int) -> tuple[Tally, float, float, float]:
+    """Warm up (connections open, caches fill), then measure; returns the tally, the measured
+    seconds and the server's RSS after warm-up and at the end."""
     tally = Tally()
-    async with ToolClient(url, token=token, max_connections=clients, retries=0, timeout_s=60) as tools:
-        paths = (await tools.call("list", {"prefix": ""}, call_id="paths")).output.splitlines()
-        start = time.monotonic()
-        end = start + warmup + seconds
-        workers = [asyncio.create_task(client(i, tools, paths, end, tally)) for i in range(clients)]
-        await asyncio.sleep(warmup)
-        rss_warm = rss_mib(pid)
-        tally.measuring = True
-        measured_from = time.monotonic()
-        await asyncio.gather(*workers)
-        elapsed = time.monotonic() - measured_from
-    return tally, elapsed, rss_warm, rss_mib(pid)
+    status, listing = await Connection("127.0.0.1", port, token).call("list", {"prefix": ""}, "paths")
+    if status != 200:
+        raise RuntimeError(f"list answered {status}: {listing}")
+    paths = listing["output"].splitlines()
+    end = time.monotonic() + warmup + seconds
+    workers = asyncio.gather(*(client(i, port, token, paths, end, tally) for i in range(clients)))
+    await asyncio.sleep(warmup)
+    rss_warm = rss_mib(pid)
+    tally.measuring = True
+    measured_from = time.monotonic()
+    while not workers.done():
+        tally.rss.append(rss_mib(pid))
+        await asyncio.wait([workers], timeout=seconds / 10)
+    await workers
+    return tally, time.monotonic() - measured_from, rss_warm, rss_mib(pid)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -170,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.clients} clients for {args.seconds:g} s after {args.warmup:g} s of warm-up, against "
                   f"agentrft tools serve ({search}) on loopback, pid {server.pid}", flush=True)
             tally, elapsed, rss_warm, rss_end = asyncio.run(
-                load(url, token, args.clients, args.warmup, args.seconds, server.pid))
+                load(port, token, args.clients, args.warmup, args.seconds, server.pid))
         finally:
             server.terminate()
             try:
@@ -183,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     tools = " · ".join(f"{name} {count:,}" for name, count in tally.by_tool.items())
     print(f"calls: {tally.answered:,} ({tools}); errors {len(tally.errors)}; call ids lost {lost}, "
           f"mismatched {tally.mismatched}")
-    print(f"throughput: {tally.answered / elapsed:,.0f} calls/s; latency p50 {percentile(tally.latencies, 0.5) * 1000:.0f} ms, "
-          f"p99 {percentile(tally.latencies, 0.99) * 1000:.0f} ms, max {max(tally.latencies, default=0) * 1000:.0f} ms")
+    every = [t for times in tally.latencies.values() for t in times]
+    print(f"throughput: {tally.answered / elapsed:,.0f} calls/s; latency p50 {percentile(every, 0.5) * 1000:.0f} ms, "
+          f"p99 {percentile(every, 0.99) * 1000:.0f} ms, max {max(every, default=0) * 1000:.0f} ms")
+    print("  by tool, p50 / p99 ms: " + " · ".join(
+        f"{name} {percentile(times, 0.5) * 1000:.0f} / {percentile(times, 0.99) * 1000:.0f}"
+        for name, times in tally.latencies.items()))
     print(f"server RSS: {rss_warm:.0f} MiB after warm-up, {rss_end:.0f} MiB at the end ({growth:+.1%}; "
-          f"allowed {args.rss_growth:+.0%})")
+          f"allowed {args.rss_growth:+.0%}); along the way: {' '.join(f'{m:.0f}' for m in tally.rss)}")
     for problem in tally.errors[:5]:
         print(f"  {problem}")
     failed = tally.errors or lost or tally.mismatched or growth > args.rss_growth or not tally.answered

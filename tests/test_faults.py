@@ -337,3 +337,26 @@ def test_a_file_size_limit_leaves_whole_lines(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{path}: cannot write (File too large); what it held before this write is kept"
     assert [r.id for r in read_models(path, EvalRecord)] == [f"r{i}" for i in range(5)]
+
+
+def test_serve_answers_503_when_the_production_tools_are_down(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The agent route asks the tool server for its tools first: down, that is a 503 the client can
+    read (and retry), never a 500; with a server that dies between calls the loop records the error."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentrft.agent.settings import RolloutSettings
+    from agentrft.agent.testing import ScriptedLocalPolicy, tool_call_text
+    from agentrft.serve import create_app as serve_app_for
+
+    policy = ScriptedLocalPolicy(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                 AutoTokenizer.from_pretrained(tiny_model_dir),
+                                 lambda messages: tool_call_text("echo", {"text": "x"}) if len(messages) < 3 else "ok")
+    dead = f"http://127.0.0.1:{_free_port()}"
+    app = serve_app_for(policy, dead, TOKEN, RolloutSettings(temperature=0, max_trajectory_tokens=1024),
+                        tmp_path / "traces")
+    with serve_app(app) as url:
+        start = time.monotonic()
+        reply = httpx.post(url + "/v1/agent", json={"prompt": "anything"}, timeout=60)
+        assert reply.status_code == 503 and time.monotonic() - start < 10
+        detail = reply.json()["detail"]
+        assert detail.startswith(f"production tools: tool server {dead} unreachable") and "\n" not in detail

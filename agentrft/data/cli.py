@@ -187,6 +187,46 @@ def adapt_command(
                   f"(each with its reason in {written.skipped_file})", markup=False)
 
 
+@data_app.command("generate")
+def generate_command(
+    corpus: Path = typer.Option(..., "--corpus", help="Corpus directory whose documents the questions are about."),
+    endpoint: str = typer.Option(..., "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1."),
+    model: str = typer.Option(..., "--model", help="Model name at the endpoint."),
+    out: Path = typer.Option(..., "--out", help="Where to write the rows (JSONL)."),
+    n: int = typer.Option(100, "--n", min=1, help="Pairs to keep."),
+    seed: int = typer.Option(0, help="Seed of the document order and of the requests."),
+    temperature: float = typer.Option(0.7, min=0.0, help="Sampling temperature of the model."),
+    max_requests: int = typer.Option(None, "--max-requests", min=1, help="Stop after this many requests (default 3 × n)."),
+    doc_chars: int = typer.Option(6000, "--doc-chars", min=200, help="Characters of a document put in a request."),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=16, help="Longest reply, in tokens."),
+    json_schema: bool = typer.Option(True, "--json-schema/--no-json-schema",
+                                     help="Ask the endpoint to constrain replies to the pair's JSON schema."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the key."),
+) -> None:
+    """A stronger model writes question / reference pairs grounded in sampled documents; ungrounded ones are dropped."""
+    import os
+
+    from ..files import refuse_overwrite
+    from ..jsonl import write_models
+    from .generate import GenerateSettings, generate
+    from .synth import row_tool_specs
+
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; name the JSONL file to write")
+    refuse_overwrite(out, corpus)
+    settings = GenerateSettings(n=n, seed=seed, temperature=temperature, max_tokens=max_tokens, doc_chars=doc_chars,
+                                max_requests=max_requests, json_schema=json_schema)
+    result = generate(corpus, endpoint, model, settings, row_tool_specs(), os.environ.get(api_key_env))
+    reasons = ", ".join(f"{count} {reason}" for reason, count in result.reasons().most_common())
+    if not result.rows:
+        raise UserError(f"{endpoint}: no pair kept from {result.requests} requests ({reasons}); nothing written")
+    write_models(out, result.rows)
+    console.print(f"Kept {len(result.rows)} of {settings.n} pairs asked for, from {result.requests} requests; "
+                  f"wrote {out}", markup=False)
+    if result.dropped:
+        console.print(f"Dropped {len(result.dropped)}: {reasons}", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add this step's commands to the main app."""
     app.add_typer(data_app, name="data")

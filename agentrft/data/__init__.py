@@ -1,9 +1,10 @@
 """Step 2, the dataset: the synthetic filings corpus and its rows, validation, splitting, log import,
-public benchmarks adapted into a corpus and rows."""
+public benchmarks adapted into a corpus and rows, rows written by a model about a corpus."""
 
 from .adapt import adapt, write_adapted
 from .benchmarks import read_benchmark
 from .facts import COMPANIES, METRIC_LABELS, STATEMENT_LABELS, Filing, build_filings, filing_facts
+from .generate import GenerateSettings, generate
 from .logs import import_logs
 from .split import stratified_split
 from .synth import SynthSummary, synth, synth_rows
@@ -14,10 +15,12 @@ __all__ = [
     "METRIC_LABELS",
     "STATEMENT_LABELS",
     "Filing",
+    "GenerateSettings",
     "SynthSummary",
     "adapt",
     "build_filings",
     "filing_facts",
+    "generate",
     "import_logs",
     "read_benchmark",
     "stratified_split",

@@ -12,6 +12,9 @@ concurrent searches). Building the index (and embedding the corpus once; it is c
 not counted.
 
     .venv/bin/python bench/retrieval.py --tatqa ../shared/data/tatqa/tatqa_dataset_dev.json
+
+``--tatqa`` defaults to that path beside the repository; where the file is missing only the filings
+are measured.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from agentrft.schema import Row  # noqa: E402
 from agentrft.tools.corpus import Corpus  # noqa: E402
 from agentrft.tools.search_index import SearchIndex  # noqa: E402
 
+DEFAULT_TATQA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatqa" / "tatqa_dataset_dev.json"
 RANKINGS = (("BM25 alone", "bm25"), ("embeddings alone", "embeddings"), ("shipped search", "hybrid"))
 TOP_K = 5
 
@@ -90,7 +94,8 @@ def measure(name: str, corpus_dir: Path, rows: list[Row]) -> list[Result]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tatqa", type=Path, required=True, help="tatqa_dataset_dev.json (TAT-QA's published layout)")
+    parser.add_argument("--tatqa", type=Path, default=DEFAULT_TATQA,
+                        help="tatqa_dataset_dev.json (TAT-QA's published layout); default ../shared/data/tatqa/")
     parser.add_argument("--companies", type=int, default=8, help="Companies in the generated filings corpus.")
     args = parser.parse_args()
 
@@ -99,7 +104,11 @@ def main() -> None:
     torch.set_num_threads(1)  # one search worker's thread, as the tool server runs it
     with tempfile.TemporaryDirectory(prefix="agentrft-retrieval-") as tmp:
         work = Path(tmp)
-        results = measure("TAT-QA dev", *tatqa_queries(args.tatqa, work / "tatqa"))
+        results = []
+        if args.tatqa.is_file():
+            results += measure("TAT-QA dev", *tatqa_queries(args.tatqa, work / "tatqa"))
+        else:
+            print(f"{args.tatqa}: no such file; measuring the filings only (pass --tatqa PATH)")
         results += measure("filings", *filings_queries(work / "filings", args.companies))
     print(f"{'corpus':<11} {'method':<17} {'queries':>7} {'recall@1':>8} {'recall@5':>8} "
           f"{'ms/query b1':>11} {'ms/query b32':>12}")

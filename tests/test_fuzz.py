@@ -41,6 +41,18 @@ SECRET = "SECRET-OUTSIDE-THE-CORPUS-7f3a"
 # into, so "every valid request is accepted / every invalid one refused" is not the contract here;
 # no 5xx, declared statuses, conforming bodies and enforced auth are.
 EXCLUDED = [negative_data_rejection, positive_data_acceptance]
+SENT = {"inputs": 0, "requests": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Say how much was tried (the README quotes it)."""
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nfuzz: {SENT['inputs']:,} generated inputs, {SENT['requests']:,} requests")
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +125,8 @@ def _fuzz(schema, method: str, path: str, mode: GenerationMode, base_url: str, a
     @FUZZ
     @given(case=schema[path][method].as_strategy(generation_mode=mode))
     def run(case) -> None:  # type: ignore[no-untyped-def]
+        SENT["inputs"] += 1
+        SENT["requests"] += 3
         case.call_and_validate(base_url=base_url, headers=auth, excluded_checks=EXCLUDED)
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             response = case.call(base_url=base_url, headers=headers)
@@ -182,6 +196,8 @@ _SEGMENT = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_siz
 def test_odd_unicode_in_paths_never_answers_without_the_token(segment: str, method: str, tools_url: str,
                                                                serve_url: str) -> None:
     path = "/" + quote(segment.encode("utf-8", "surrogatepass"), safe="")
+    SENT["inputs"] += 1
+    SENT["requests"] += 5
     for url, secret in ((tools_url, TOKEN), (serve_url, KEY)):
         anonymous = httpx.request(method, url + path, content=b"{}", timeout=30)
         assert anonymous.status_code == 401, (url, path, anonymous.status_code)
@@ -204,6 +220,8 @@ _TARGETS = ["secret.txt", "outside/doc.html", "etc/passwd"]
 )
 def test_read_never_leaves_the_corpus(ups: list[tuple[str, str]], start: str, target: str, tools_url: str) -> None:
     path = start + "".join(up + sep for up, sep in ups) + target
+    SENT["inputs"] += 1
+    SENT["requests"] += 1
     reply = httpx.post(tools_url + "/read", json={"arguments": {"path": path}, "call_id": "esc"},
                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert reply.status_code == 200

@@ -1,7 +1,7 @@
 """GRPO's plumbing through TRL on the tiny model: what one update does to the policy.
 
-The rollouts go through the real agent loop and tool server; the policy's turns are scripted (the
-same token bookkeeping as a sampled turn), so each trajectory's generated tokens are known and the
+The rollouts go through the real agent loop and tool server; the policy's turns are scripted
+(``ScriptedLocalPolicy``: the same token bookkeeping as a sampled turn), so each trajectory's generated tokens are known and the
 grader can give them the rewards a test needs. Training is full-parameter with a rate high enough
 for one step to show.
 """
@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 import torch
 
-from agentrft.agent import render
-from agentrft.agent.parse import parse_reply
 from agentrft.schema import Grade, Row, ToolResultTurn, Trajectory
 from agentrft.train.config import config_from_dict
 
@@ -26,28 +24,17 @@ SEARCH = '<tool_call>\n{"name": "search", "arguments": {"query": "Atlas Corp rev
 RIGHT, WRONG = "Revenue: $107M", "Revenue: $999M"
 
 
-class ScriptedPolicy:
-    """Writes ``scripts[k][turn]`` for the k-th rollout of the batch, through the real token bookkeeping."""
+def scripted(model: Any, tokenizer: Any, scripts: list[list[str]]) -> Any:
+    """A scripted policy writing ``scripts[k][turn]`` for the k-th rollout of the batch."""
+    from agentrft.agent.testing import ScriptedLocalPolicy
 
-    name = "scripted"
+    order: dict[int, int] = {}
 
-    def __init__(self, tokenizer: Any, scripts: list[list[str]]) -> None:
-        self.tokenizer, self.scripts = tokenizer, scripts
-        self.order: dict[int, int] = {}
+    def script(messages: list[dict[str, Any]]) -> str:
+        k = order.setdefault(id(messages), len(order)) % len(scripts)  # one list per rollout, kept all along
+        return scripts[k][sum(m["role"] == "assistant" for m in messages)]
 
-    async def generate(self, episodes: list[Any], settings: Any) -> list[Any]:
-        tok, replies = self.tokenizer, []
-        for episode in episodes:
-            k = self.order.setdefault(id(episode), len(self.order)) % len(self.scripts)
-            if episode.token_ids is None:
-                render.start(episode, tok)
-            else:
-                render.append_context(episode, render.pending_context(episode, tok))
-            ids = tok.encode(self.scripts[k][episode.replies], add_special_tokens=False) + [tok.eos_token_id]
-            prefix = list(episode.token_ids)
-            render.append_generated(episode, ids, [-1.0] * len(ids))
-            replies.append(parse_reply(tok, ids, prefix, episode.tools, True))
-        return replies
+    return ScriptedLocalPolicy(model, tokenizer, script)
 
 
 def scripted_runner(tools_url: str, scripts: list[list[str]]) -> Any:
@@ -55,7 +42,7 @@ def scripted_runner(tools_url: str, scripts: list[list[str]]) -> Any:
 
     def run(rows, model, tokenizer, greedy, seed):  # type: ignore[no-untyped-def]
         settings = RolloutSettings(max_tool_calls=2, max_trajectory_tokens=1024, max_new_tokens=32, seed=seed)
-        return rollout(rows, ScriptedPolicy(tokenizer, scripts), tools_url, TOOL_TOKEN, settings)
+        return rollout(rows, scripted(model, tokenizer, scripts), tools_url, TOOL_TOKEN, settings)
 
     return run
 
@@ -114,11 +101,11 @@ def generated_logprob(model: Any, trajectory: Trajectory) -> float:
     return float(picked[mask].sum())
 
 
-def trajectories(tokenizer: Any, url: str, row: Row) -> list[Trajectory]:
+def trajectories(model: Any, tokenizer: Any, url: str, row: Row) -> list[Trajectory]:
     from agentrft.agent.loop import RolloutSettings, rollout
 
     settings = RolloutSettings(max_tool_calls=2, max_trajectory_tokens=1024, max_new_tokens=32)
-    policy = ScriptedPolicy(tokenizer, [[SEARCH, RIGHT], [SEARCH, WRONG]])
+    policy = scripted(model, tokenizer, [[SEARCH, RIGHT], [SEARCH, WRONG]])
     return rollout([row, row], policy, url, TOOL_TOKEN, settings)
 
 
@@ -131,8 +118,8 @@ def test_update_raises_the_better_completion_and_lowers_the_worse(
     assert result.steps == 1 and result.last_checkpoint is not None
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     row = Row.model_validate_json((synth_dir / "research_train.jsonl").read_text().splitlines()[0])
-    right, wrong = trajectories(tokenizer, tool_server, row)
     before = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).float()
+    right, wrong = trajectories(before, tokenizer, tool_server, row)
     after = AutoModelForCausalLM.from_pretrained(str(result.last_checkpoint)).float()
     assert generated_logprob(after, right) > generated_logprob(before, right) + 0.05
     assert generated_logprob(after, wrong) < generated_logprob(before, wrong) - 0.05
@@ -188,7 +175,7 @@ def test_a_few_sampled_steps_move_the_policy(
     result = train(cfg, runner=first_call_searches(tool_server, TOOL_TOKEN), grader=OddTokenGrader())
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     row = Row.model_validate_json((synth_dir / "research_train.jsonl").read_text().splitlines()[0])
-    fixed, _ = trajectories(tokenizer, tool_server, row)
     before = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).float()
+    fixed, _ = trajectories(before, tokenizer, tool_server, row)
     after = AutoModelForCausalLM.from_pretrained(str(result.last_checkpoint)).float()
     assert abs(generated_logprob(after, fixed) - generated_logprob(before, fixed)) > 1e-3

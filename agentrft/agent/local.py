@@ -26,7 +26,7 @@ from ..errors import UserError
 from . import render
 from .episode import Episode, Reply
 from .lean_step import LeanStep
-from .parse import ensure_response_parser, parse_reply
+from .parse import ensure_response_parser
 from .settings import RolloutSettings
 
 
@@ -236,16 +236,11 @@ class LocalPolicy:
         replies: list[Reply | None] = [None] * len(episodes)
         todo: list[tuple[int, int]] = []  # (episode index, tokens it may still generate)
         for index, episode in enumerate(episodes):
-            if episode.token_ids is None:
-                render.start(episode, self.tokenizer)
-            context = render.pending_context(episode, self.tokenizer)
-            room = settings.max_trajectory_tokens - episode.n_tokens - len(context)
-            if room <= 0:
-                # Tool results that do not fit are left out of the ids: they would carry no loss.
-                replies[index] = Reply(content="", finished=False, out_of_budget=True)
-                continue
-            render.append_context(episode, context)
-            todo.append((index, min(settings.max_new_tokens, room)))
+            room = render.open_turn(episode, self.tokenizer, settings.max_trajectory_tokens, settings.max_new_tokens)
+            if room:
+                todo.append((index, room))
+            else:
+                replies[index] = render.out_of_budget()
         chunks = [todo[start : start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
         seeds = [None if settings.seed is None else
                  settings.seed * 1_000_003 + max(episodes[i].replies for i, _ in chunk) * 7919 + n * self.batch_size
@@ -254,11 +249,7 @@ class LocalPolicy:
             batch = [episodes[i] for i, _ in chunk]
             def finish(row: int, ids: list[int], logprobs: list[float], chunk: list[tuple[int, int]] = chunk) -> None:
                 index = chunk[row][0]
-                episode = episodes[index]
-                finished = bool(ids) and ids[-1] in self.stop_ids
-                prefix = list(episode.token_ids or [])
-                render.append_generated(episode, ids, logprobs)
-                replies[index] = parse_reply(self.tokenizer, ids, prefix, episode.tools, finished)
+                replies[index] = render.close_turn(episodes[index], self.tokenizer, ids, logprobs, self.stop_ids)
                 if on_reply is not None:
                     on_reply(index, replies[index])
 

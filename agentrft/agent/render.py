@@ -14,7 +14,7 @@ import weakref
 from typing import Any
 
 from ..errors import UserError
-from .episode import Episode
+from .episode import Episode, Reply
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
@@ -100,6 +100,37 @@ def append_generated(episode: Episode, ids: list[int], logprobs: list[float]) ->
     episode.n_tokens = len(episode.token_ids)
 
 
+def open_turn(episode: Episode, tokenizer: Any, max_trajectory_tokens: int, max_new_tokens: int,
+              context_limit: int | None = None) -> int:
+    """Render what a turn starts from (the prompt, or the tool results since the last turn) and return how
+    many tokens the turn may generate; 0 when nothing fits, and then the pending results are left out of
+    the ids (they would carry no loss). ``context_limit``: the engine's own context length, if any."""
+    if episode.token_ids is None:
+        start(episode, tokenizer)
+    context = pending_context(episode, tokenizer)
+    room = max_trajectory_tokens - episode.n_tokens - len(context)
+    if context_limit:
+        room = min(room, context_limit - episode.n_tokens - len(context))
+    if room <= 0:
+        return 0
+    append_context(episode, context)
+    return min(max_new_tokens, room)
+
+
+def close_turn(episode: Episode, tokenizer: Any, ids: list[int], logprobs: list[float], stop_ids: list[int]) -> Reply:
+    """Append a generated turn (its ids and sampling log-probs) and parse it into text and tool calls."""
+    from .parse import parse_reply
+
+    prefix = list(episode.token_ids or [])
+    append_generated(episode, ids, logprobs)
+    return parse_reply(tokenizer, ids, prefix, episode.tools, finished=bool(ids) and ids[-1] in stop_ids)
+
+
+def out_of_budget() -> Reply:
+    """The reply of a turn for which nothing fits (``open_turn`` returned 0)."""
+    return Reply(content="", finished=False, out_of_budget=True)
+
+
 def end_token_ids(source: str, *values: Any) -> list[int]:
     """Token ids a turn stops at: every id in ``values`` (ints or lists of them, e.g. the tokenizer's
     ``eos_token_id`` and a generation config's); a UserError naming ``source`` when there is none."""
@@ -114,4 +145,4 @@ def end_token_ids(source: str, *values: Any) -> list[int]:
     return sorted(ids)
 
 
-__all__ = ["append_context", "append_generated", "end_token_ids", "pending_context", "render_prompt", "start", "tool_suffix_ids"]
+__all__ = ["append_context", "close_turn", "open_turn", "out_of_budget", "append_generated", "end_token_ids", "pending_context", "render_prompt", "start", "tool_suffix_ids"]

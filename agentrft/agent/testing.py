@@ -1,8 +1,8 @@
 """Policies and servers whose output a test controls, built on the real machinery.
 
-- ``ScriptedLocalPolicy``: a ``LocalPolicy`` whose turns come from a script instead of sampling; the
-  ids still go through the real tokenizer, chat template, response parser and loss-mask bookkeeping,
-  and the log-probs are the model's own (one forward pass), so training code can run on them.
+- ``ScriptedLocalPolicy``: a policy whose turns come from a script instead of sampling; the ids still
+  go through the real tokenizer, chat template, response parser and loss-mask bookkeeping, and the
+  log-probs are the model's own (one forward pass), so training code can run on them.
 - ``running_chat_server``: a real OpenAI-compatible ``/v1/chat/completions`` on a free loopback port
   (FastAPI + uvicorn in a thread) that answers from a script; it records every request it gets.
 """
@@ -19,8 +19,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from .episode import Episode
-from .local import LocalPolicy
+from . import render
+from .episode import Episode, Reply
+from .parse import ensure_response_parser
 from .settings import RolloutSettings
 
 Script = Callable[[list[dict[str, Any]]], str | dict[str, Any]]
@@ -33,31 +34,47 @@ def tool_call_text(name: str, arguments: dict[str, Any]) -> str:
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
 
-class ScriptedLocalPolicy(LocalPolicy):
-    """A LocalPolicy that emits ``script(messages)`` (then the end-of-turn token) instead of sampling."""
+class ScriptedLocalPolicy:
+    """A policy that emits ``script(messages)`` (then the end-of-turn token) instead of sampling.
 
-    def __init__(self, model: Any, tokenizer: Any, script: Script, **kwargs: Any) -> None:
-        super().__init__(model, tokenizer, **kwargs)
-        self.script = script
+    Its turns go through the same bookkeeping as a sampled turn (``render.open_turn``/``close_turn``:
+    chat template, budgets, response parser, loss mask), and their log-probs are the model's own (one
+    forward pass), so training code can run on them. ``messages`` is the episode's own list, the same
+    object every turn, so a script can tell the rollouts of one batch apart by it.
+    """
 
-    def _sample(
-        self, batch: list[Episode], limits: list[int], settings: RolloutSettings, seed: int | None,
-        finish: Callable[[int, list[int], list[float]], None],
-    ) -> None:
+    def __init__(self, model: Any, tokenizer: Any, script: Script, name: str = "scripted") -> None:
+        ensure_response_parser(tokenizer)
+        self.model, self.tokenizer, self.script, self.name = model, tokenizer, script, name
+        self.stop_ids = render.end_token_ids(name, tokenizer.eos_token_id)
+
+    async def generate(self, episodes: list[Episode], settings: RolloutSettings,
+                       on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]:
+        replies = []
+        for index, episode in enumerate(episodes):
+            room = render.open_turn(episode, self.tokenizer, settings.max_trajectory_tokens, settings.max_new_tokens)
+            if not room:
+                reply = render.out_of_budget()
+            else:
+                text = self.script(episode.messages)
+                if not isinstance(text, str):
+                    raise TypeError("a local script returns the text to emit")
+                ids = (list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + [self.stop_ids[0]])[:room]
+                reply = render.close_turn(episode, self.tokenizer, ids, self._logprobs(episode.token_ids or [], ids),
+                                          self.stop_ids)
+            if on_reply is not None:
+                on_reply(index, reply)
+            replies.append(reply)
+        return replies
+
+    def _logprobs(self, context: list[int], ids: list[int]) -> list[float]:
         import torch
 
-        for row, (episode, max_new_tokens) in enumerate(zip(batch, limits, strict=True)):
-            text = self.script(episode.messages)
-            if not isinstance(text, str):
-                raise TypeError("a local script returns the text to emit")
-            context = list(episode.token_ids or [])
-            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + [self.stop_ids[0]]
-            ids = ids[:max_new_tokens]
-            with torch.no_grad():
-                full = torch.tensor([context + ids], device=self.device)
-                logits = self.model(input_ids=full).logits[0, len(context) - 1 : -1].float()
-                logprobs = torch.log_softmax(logits, -1).gather(1, full[0, len(context) :, None]).squeeze(1)
-            finish(row, ids, logprobs.cpu().tolist())
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            full = torch.tensor([context + ids], device=device)
+            logits = self.model(input_ids=full).logits[0, len(context) - 1 : -1].float()
+            return torch.log_softmax(logits, -1).gather(1, full[0, len(context) :, None]).squeeze(1).cpu().tolist()
 
 
 @dataclass

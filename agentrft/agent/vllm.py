@@ -43,7 +43,7 @@ import httpx
 from ..errors import UserError
 from . import render
 from .episode import Episode, Reply
-from .parse import ensure_response_parser, parse_reply
+from .parse import ensure_response_parser
 from .settings import RolloutSettings
 from .vllm_server import VLLMServer, base_url
 
@@ -125,28 +125,19 @@ class VLLMPolicy:
         replies: list[Reply | None] = [None] * len(episodes)
         jobs: list[tuple[int, int, int | None]] = []  # (episode index, tokens it may generate, seed)
         for index, episode in enumerate(episodes):
-            if episode.token_ids is None:
-                render.start(episode, self.tokenizer)
-            context = render.pending_context(episode, self.tokenizer)
-            room = settings.max_trajectory_tokens - episode.n_tokens - len(context)
-            if self.max_model_len:
-                room = min(room, self.max_model_len - episode.n_tokens - len(context))
-            if room <= 0:
-                # Tool results that do not fit are left out of the ids: they would carry no loss.
-                replies[index] = Reply(content="", finished=False, out_of_budget=True)
+            room = render.open_turn(episode, self.tokenizer, settings.max_trajectory_tokens, settings.max_new_tokens,
+                                    context_limit=self.max_model_len)
+            if not room:
+                replies[index] = render.out_of_budget()
                 continue
-            render.append_context(episode, context)
             seed = None if settings.seed is None else request_seed(settings.seed, episode)
-            jobs.append((index, min(settings.max_new_tokens, room), seed))
+            jobs.append((index, room, seed))
 
         async def one(index: int, max_tokens: int, seed: int | None) -> None:
             episode = episodes[index]
-            prefix = list(episode.token_ids or [])
             async with limit:
-                ids, logprobs = await self._complete(client, prefix, max_tokens, seed, settings)
-            render.append_generated(episode, ids, logprobs)
-            finished = bool(ids) and ids[-1] in self.stop_ids
-            replies[index] = reply = parse_reply(self.tokenizer, ids, prefix, episode.tools, finished)
+                ids, logprobs = await self._complete(client, list(episode.token_ids or []), max_tokens, seed, settings)
+            replies[index] = reply = render.close_turn(episode, self.tokenizer, ids, logprobs, self.stop_ids)
             if on_reply is not None:
                 on_reply(index, reply)
 

@@ -119,6 +119,7 @@ class ChatRequest(_Request):
     tools: list[ToolSpec] = Field(default_factory=list)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1)
+    stream: bool = Field(default=False, description="Answer as server-sent events (chat.completion.chunk).")
 
 
 class AgentResponse(BaseModel):
@@ -233,9 +234,12 @@ async def _error(send: Any, status: int, detail: str) -> None:
 
 
 def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: Any, traces_dir: Path,
-               api_key: str | None = None) -> Any:
-    """Build the FastAPI app around one policy (see the module docstring for the routes)."""
+               api_key: str | None = None, concurrent: bool = False) -> Any:
+    """Build the FastAPI app around one policy (see the module docstring for the routes). ``concurrent``:
+    the policy takes overlapping generate calls (a vLLM server batches them); a local model takes them
+    one at a time."""
     from fastapi import FastAPI, HTTPException
+    from fastapi.responses import StreamingResponse
     from jinja2 import TemplateError
 
     from .agent.episode import Episode
@@ -256,6 +260,8 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
         name = policy.name
 
         async def generate(self, episodes: list[Episode], rollout_settings: Any) -> Any:
+            if concurrent:
+                return await policy.generate(episodes, rollout_settings)
             async with lock:
                 return await policy.generate(episodes, rollout_settings)
 
@@ -289,8 +295,11 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
             "turns": [t.model_dump() for t in trajectory.turns],
         }
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=posted)
-    async def chat(req: ChatRequest) -> dict[str, Any]:
+    streamed = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                      "description": "The completion, or with stream: true its chunks as server-sent events."}}
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**posted, **streamed})
+    async def chat(req: ChatRequest) -> Any:
         turn_settings = settings.model_copy(update={
             k: v for k, v in (("temperature", req.temperature), ("max_new_tokens", req.max_tokens)) if v is not None
         })
@@ -305,9 +314,33 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
             # The model's chat template refused this conversation (a role order it does not know).
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise HTTPException(400, f"the model's chat template cannot render these messages: {first}") from None
-        return _chat_response(policy.name, reply, episode)
+        body = _chat_response(policy.name, reply, episode)
+        if req.stream:
+            return StreamingResponse(_chunks(body), media_type="text/event-stream")
+        return body
 
     return app
+
+
+def _chunks(body: dict[str, Any]) -> Any:
+    """A finished chat completion as the server-sent events an OpenAI client reads from ``stream: true``:
+    the role, the text, each tool call (id, name and arguments at its index), the finish reason, [DONE].
+    The turn is generated whole before the first event (the agent loop needs it whole to parse calls)."""
+    choice = body["choices"][0]
+    message = choice["message"]
+    head = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"]}
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> str:
+        chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    if message["content"]:
+        yield event({"content": message["content"]})
+    for index, call in enumerate(message["tool_calls"] or []):
+        yield event({"tool_calls": [{"index": index, **call}]})
+    yield event({}, choice["finish_reason"])
+    yield "data: [DONE]\n\n"
 
 
 def is_loopback(host: str) -> bool:
@@ -377,11 +410,16 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: int = typer.Option(256),
         tool_timeout: float = typer.Option(30.0, help="Seconds a tool call may take before the model is told "
                                            "it timed out."),
+        engine: str = typer.Option("local", help="local (transformers, one request at a time) or vllm (a vLLM "
+                                   "server batches concurrent requests; --model may be a merged model or a LoRA "
+                                   "adapter on its base)."),
+        vllm_url: str | None = typer.Option(None, help="With --engine vllm: a running server of the model "
+                                            "(default: start one from .venv-vllm)."),
     ) -> None:
         """→ production: serve the tuned model with production tools; trace every call separately."""
         import uvicorn
 
-        from .agent.policy import LocalPolicy
+        from .agent.policy import LocalPolicy, open_policy
         from .agent.settings import RolloutSettings
 
         key = None
@@ -393,15 +431,18 @@ def register(app: typer.Typer) -> None:
         if not tool_timeout > 0:
             raise UserError(f"--tool-timeout must be positive, got {tool_timeout:g}")
         token = _read_token(tools_token_file)
-        policy = LocalPolicy.from_pretrained(model)
-        # A conversation longer than the model's position table is outside anything it was trained on.
-        positions = getattr(policy.model.config, "max_position_embeddings", None) or max_trajectory_tokens
-        settings = RolloutSettings(temperature=temperature, max_tool_calls=max_tool_calls,
-                                   max_trajectory_tokens=min(max_trajectory_tokens, positions),
-                                   max_new_tokens=max_new_tokens, tool_timeout_s=tool_timeout)
-        if warning:
-            typer.echo(f"warning: {warning}", err=True)
-        uvicorn.run(create_app(policy, tools_url, token, settings, traces, key), host=host, port=port)
+        with open_policy(str(model), engine=engine, vllm_url=vllm_url) as policy:
+            positions = max_trajectory_tokens
+            if isinstance(policy, LocalPolicy):
+                # A conversation longer than the model's position table is outside anything it was trained on.
+                positions = getattr(policy.model.config, "max_position_embeddings", None) or max_trajectory_tokens
+            settings = RolloutSettings(temperature=temperature, max_tool_calls=max_tool_calls,
+                                       max_trajectory_tokens=min(max_trajectory_tokens, positions),
+                                       max_new_tokens=max_new_tokens, tool_timeout_s=tool_timeout)
+            if warning:
+                typer.echo(f"warning: {warning}", err=True)
+            app = create_app(policy, tools_url, token, settings, traces, key, concurrent=engine == "vllm")
+            uvicorn.run(app, host=host, port=port)
 
 
 def _read_token(path: Path | None) -> str | None:

@@ -85,3 +85,26 @@ def test_chat_completions_speaks_openai(served):
     assert call.function.name == "search"
     assert json.loads(call.function.arguments) == {"query": "Atlas revenue?"}
     assert response.usage.completion_tokens > 0
+
+
+def test_chat_completions_stream_when_asked(served):
+    """An OpenAI client asking for a stream gets server-sent chunks, tool-call deltas included."""
+    from openai import OpenAI
+
+    url, _ = served
+    client = OpenAI(base_url=f"{url}/v1", api_key=API_KEY)
+    tools = [{"type": "function", "function": {"name": "search", "parameters": {
+        "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}]
+    chunks = list(client.chat.completions.create(
+        model="tuned", messages=[{"role": "user", "content": "Atlas revenue?"}], tools=tools, stream=True))
+    assert chunks and all(c.object == "chat.completion.chunk" for c in chunks)
+    calls = [call for c in chunks for call in (c.choices[0].delta.tool_calls or [])]
+    assert [call.function.name for call in calls] == ["search"]
+    assert json.loads(calls[0].function.arguments) == {"query": "Atlas revenue?"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="tuned", stream=True, messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": "",
+        "tool_calls": [{"id": "c0", "type": "function", "function": {"name": "search", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c0", "content": "filings/a.html"},
+        {"role": "tool", "tool_call_id": "c0", "content": "read"}]))
+    assert text == "13.4%"

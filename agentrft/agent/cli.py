@@ -25,6 +25,10 @@ def prior_check_command(
     served_model: str = typer.Option(None, "--served-model", help="Model name at the endpoint; default the first it lists."),
     threshold: float = typer.Option(1.0, "--threshold", min=0.0, max=1.0, help="Reward at which a rollout counts as a success."),
     traces: Path = typer.Option(None, "--traces", help="Also write every trajectory here (JSONL of Trajectory)."),
+    engine: str = typer.Option("local", "--engine", help="local (transformers) or vllm (token-in / token-out "
+                               "through a vLLM server)."),
+    vllm_url: str = typer.Option(None, "--vllm-url", help="With --engine vllm: a running server of the model "
+                                 "(default: start one from .venv-vllm)."),
 ) -> None:
     """Step 1: run the base model N times per row through the tools; bucket rows never/sometimes/always."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,7 +40,7 @@ def prior_check_command(
     from ..schema import Row
     from ..tools.client import ToolServerUnavailable
     from ..train.config import load_config
-    from .policy import load_policy
+    from .policy import open_policy
 
     cfg = load_config(config)
     if data is None and cfg.val_path is None:
@@ -49,24 +53,24 @@ def prior_check_command(
     if not rows:
         raise UserError(f"{source}: no rows")
     grader = load_grader(cfg.grader) if cfg.grader else default_grader()
-    policy = load_policy(model or cfg.base_model, served_model)
-    settings = rollout_settings(cfg, policy)
     out = out or cfg.output_dir / "prior.jsonl"
-    _out.print(
-        f"prior check: {len(rows)} rows × {rollouts} rollouts of {policy.name} "
-        f"(temperature {settings.temperature:g}; success = reward ≥ {threshold:g} from {grader.name})",
-        markup=False,
-    )
-    columns = (TextColumn("rollouts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=_out, transient=True) as bar:
-        task = bar.add_task("rollouts", total=len(rows) * rollouts)
-        try:
-            summary, trajectories = prior_check(
-                rows, policy, grader, cfg.tools_url, cfg.tools_token(), settings, rollouts, threshold,
-                progress=lambda k: bar.advance(task, k),
-            )
-        except ToolServerUnavailable as exc:
-            raise UserError(f"{exc}; is 'agentrft tools serve' running at {cfg.tools_url}?") from None
+    with open_policy(model or cfg.base_model, served_model, engine, vllm_url) as policy:
+        settings = rollout_settings(cfg, policy)
+        _out.print(
+            f"prior check: {len(rows)} rows × {rollouts} rollouts of {policy.name} "
+            f"(temperature {settings.temperature:g}; success = reward ≥ {threshold:g} from {grader.name})",
+            markup=False,
+        )
+        columns = (TextColumn("rollouts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=_out, transient=True) as bar:
+            task = bar.add_task("rollouts", total=len(rows) * rollouts)
+            try:
+                summary, trajectories = prior_check(
+                    rows, policy, grader, cfg.tools_url, cfg.tools_token(), settings, rollouts, threshold,
+                    progress=lambda k: bar.advance(task, k),
+                )
+            except ToolServerUnavailable as exc:
+                raise UserError(f"{exc}; is 'agentrft tools serve' running at {cfg.tools_url}?") from None
     _out.print(repr(summary.counts), markup=False)
     _out.print(summary.band_line(), markup=False)
     _out.print(f"verdict: {summary.verdict} — {summary.advice()}", markup=False)
@@ -87,18 +91,8 @@ def prior_check_command(
 def rollout_settings(cfg: Any, policy: Any) -> Any:
     """The config's sampling and budgets; a local model's token budget is capped at its context length."""
     from .policy import LocalPolicy
-    from .settings import RolloutSettings
 
-    settings = RolloutSettings(
-        max_tool_calls=cfg.max_tool_calls,
-        max_trajectory_tokens=cfg.max_trajectory_tokens,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-        seed=cfg.seed,
-        system_prompt=cfg.system_prompt,
-    )
+    settings = cfg.rollout_settings(seed=cfg.seed)
     if isinstance(policy, LocalPolicy):
         # A trajectory longer than the model's position table is outside anything it can attend to.
         limit = getattr(policy.model.config, "max_position_embeddings", None)

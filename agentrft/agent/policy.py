@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import UserError
@@ -166,6 +167,25 @@ def load_policy(model: str, served_model: str | None = None, device: str | None 
     return LocalPolicy.from_pretrained(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+@contextmanager
+def open_policy(model: str, served_model: str | None = None, engine: str = "local",
+                vllm_url: str | None = None) -> Iterator[Any]:
+    """The policy for ``model`` for the length of the block: as ``load_policy`` with ``engine="local"``;
+    with ``engine="vllm"``, a model folder (or a LoRA adapter's) through vLLM, token-in / token-out, on
+    the server at ``vllm_url`` or on one started for the block."""
+    if engine == "vllm":
+        if is_endpoint(model):
+            raise UserError(f"--engine vllm takes a model folder, not a URL ({model}); pass the server as --vllm-url")
+        from .vllm import vllm_policy
+
+        with vllm_policy(model, vllm_url) as policy:
+            yield policy
+        return
+    if engine != "local":
+        raise UserError(f"--engine {engine}: expected local or vllm")
+    yield load_policy(model, served_model)
+
+
 def _endpoint_call(call: Any) -> ParsedCall:
     function = getattr(call, "function", None)
     name = getattr(function, "name", "") or ""
@@ -189,5 +209,6 @@ __all__ = [
     "chat_completions_base",
     "is_endpoint",
     "load_policy",
+    "open_policy",
     "served_model_name",
 ]

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +233,27 @@ class VLLMPolicy:
         return _json_or_error(self.url + route, response)
 
 
+@contextmanager
+def vllm_policy(model: str | Path, url: str | None = None, **server_options: Any) -> Iterator[VLLMPolicy]:
+    """A ``VLLMPolicy`` for a model folder: a whole model, or a peft adapter (served on its base model with
+    the adapter loaded). On the server at ``url``, or on one started from ``.venv-vllm`` for the block
+    (``server_options`` go to ``VLLMServer``)."""
+    model = Path(model)
+    adapter = model / "adapter_config.json"
+    base, rank = str(model), None
+    if adapter.is_file():
+        spec = json.loads(adapter.read_text(encoding="utf-8"))
+        base, rank = str(spec["base_model_name_or_path"]), int(spec.get("r") or 16)
+    with ExitStack() as stack:
+        if url is None:
+            url = stack.enter_context(VLLMServer(base, lora_rank=rank, **server_options)).url
+        policy = VLLMPolicy(url)
+        if rank is not None:
+            policy.load_lora(model)
+        policy.name = str(model)
+        yield policy
+
+
 def save_weights(model: Any, directory: str | Path) -> Path:
     """Write every parameter of a transformers model, tied ones included, to ``directory/model.safetensors``
     (the checkpoint's names, one file), for ``VLLMPolicy.reload_weights``; returns the folder."""
@@ -305,4 +328,4 @@ def _stop_ids(tokenizer: Any) -> list[int]:
     return render.end_token_ids(str(tokenizer.name_or_path), *values)
 
 
-__all__ = ["VLLMPolicy", "VLLMServer", "check_weights_folder", "request_seed", "save_weights"]
+__all__ = ["VLLMPolicy", "VLLMServer", "vllm_policy", "check_weights_folder", "request_seed", "save_weights"]

@@ -32,6 +32,8 @@ def eval_command(
     served_model: Annotated[Optional[str], typer.Option(help="Model name to request from an endpoint --model.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N rows.")] = None,
     tool_timeout: Annotated[Optional[float], typer.Option(min=0.001, help="Seconds a tool call may take before the model is told it timed out (default 30).")] = None,
+    engine: Annotated[str, typer.Option(help="local (transformers) or vllm (token-in / token-out through a vLLM server).")] = "local",
+    vllm_url: Annotated[Optional[str], typer.Option(help="With --engine vllm: a running server of the model (default: start one from .venv-vllm).")] = None,
 ) -> None:
     """Step 7: run the agent on a dataset and grade every rollout (one EvalRecord per row and sample)."""
     from .run import EvalOptions, evaluate
@@ -39,7 +41,7 @@ def eval_command(
     options = EvalOptions(
         model=model, data=data, out=out, samples=samples, tools_url=tools_url, token_file=token_file,
         grader=grader, config=config, temperature=temperature, seed=seed, served_model=served_model,
-        limit=limit, tool_timeout=tool_timeout,
+        limit=limit, tool_timeout=tool_timeout, engine=engine, vllm_url=vllm_url,
     )
     summary = evaluate(options)
     typer.echo(summary.describe())

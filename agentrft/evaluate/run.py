@@ -60,6 +60,8 @@ class EvalOptions:
     limit: int | None = None
     progress: bool = True
     tool_timeout: float | None = None
+    engine: str = "local"
+    vllm_url: str | None = None
 
 
 @dataclass
@@ -133,12 +135,10 @@ def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | 
     return RolloutSettings(**fields), tools_url or DEFAULT_TOOLS_URL, _read_token(options, config_token), grader
 
 
-def make_policy(options: EvalOptions, settings: RolloutSettings) -> tuple[Any, RolloutSettings]:
-    """A local model or an endpoint; for a local model the token budget fits its context."""
+def fit_policy(policy: Any, options: EvalOptions, settings: RolloutSettings) -> tuple[Any, RolloutSettings]:
+    """For a local model, the token budget fits its context (vLLM cuts turns at its own context)."""
     from ..agent.local import LocalPolicy
-    from ..agent.policy import load_policy
 
-    policy = load_policy(options.model, served_model=options.served_model)
     if not isinstance(policy, LocalPolicy):
         return policy, settings
     policy.name = options.model
@@ -251,6 +251,7 @@ def evaluate(options: EvalOptions) -> EvalSummary:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..agent.loop import run_sync
+    from ..agent.policy import open_policy
     from ..graders import default_grader, load_grader
 
     refuse_overwrite(options.out, options.data)
@@ -270,12 +271,12 @@ def evaluate(options: EvalOptions) -> EvalSummary:
     skipped = len(rows) - len(todo)
     if not todo:
         return _summary(options, 0, skipped)
-    policy, settings = make_policy(options, settings)
     total = len(todo) * options.samples
-    with Progress(
+    with open_policy(options.model, options.served_model, options.engine, options.vllm_url) as policy, Progress(
         TextColumn("eval {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), disable=not options.progress,
     ) as progress:
+        policy, settings = fit_policy(policy, options, settings)
         task = progress.add_task(getattr(policy, "name", options.model), total=total)
         written = run_sync(
             _run_batches(todo, options, policy, grader, settings, tools_url, token,

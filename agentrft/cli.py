@@ -14,7 +14,14 @@ import typer
 from typer._click.exceptions import ClickException  # typer vendors its own click
 from rich.console import Console
 
+from . import plan, prior, serve
+from .data import cli as data_cli
 from .errors import UserError
+from .evaluate import cli as evaluate_cli
+from .filings import cli as filings_cli
+from .graders import cli as graders_cli
+from .tools import cli as tools_cli
+from .train import cli as train_cli
 
 app = typer.Typer(
     name="agentrft",
@@ -32,21 +39,9 @@ def _root() -> None:
     """Agent reinforcement fine-tuning: from a folder of prompts to a fine-tuned tool-using agent."""
 
 
-def _register_all() -> None:
-    from .data import cli as data_cli
-    from .tools import cli as tools_cli
-    from .graders import cli as graders_cli
-    from .agent import cli as agent_cli
-    from .model import cli as model_cli
-    from .train import cli as train_cli
-    from .evaluate import cli as evaluate_cli
-    from . import demo, plan, serve
-
-    for module in (data_cli, tools_cli, graders_cli, agent_cli, model_cli, train_cli, evaluate_cli, plan, serve, demo):
-        module.register(app)
-
-
-_register_all()
+# Each step in order, then the running example's commands (data synth, model tiny, sft, demo).
+for _module in (data_cli, tools_cli, graders_cli, prior, train_cli, evaluate_cli, plan, serve, filings_cli):
+    _module.register(app)
 
 
 def _quiet_libraries() -> None:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agentrft.data.adapt import adapt, write_adapted  # noqa: E402
 from agentrft.data.benchmarks import read_benchmark  # noqa: E402
-from agentrft.data.synth import synth  # noqa: E402
+from agentrft.filings.synth import synth  # noqa: E402
 from agentrft.jsonl import read_models  # noqa: E402
 from agentrft.schema import Row  # noqa: E402
 from agentrft.tools.corpus import Corpus  # noqa: E402

@@ -56,9 +56,9 @@ TOKEN = "bench-token"
 def slow_registry(corpus_dir: Path, latency_s: float, read_budget: int) -> Any:
     """agentrft's filings tools as ``agentrft tools serve`` has them (search through the query batcher),
     each answering ``latency_s`` later, without holding the server's event loop."""
-    from agentrft.tools.filings import FilingsTools
+    from agentrft.tools.corpus_tools import CorpusTools
 
-    registry = FilingsTools(corpus_dir, read_budget).registry()
+    registry = CorpusTools(corpus_dir, read_budget).registry()
     for tool in registry.tools.values():
         inner = dataclasses.replace(tool)
 
@@ -75,7 +75,7 @@ def _serve(corpus_dir: Path, latency_s: float, read_budget: int, threads: int, p
     import torch
 
     from agentrft.tools.server import create_app
-    from agentrft.tools.testing import serve_app
+    from agentrft.tools.local_server import serve_app
 
     torch.set_num_threads(threads)
     with serve_app(create_app(slow_registry(corpus_dir, latency_s, read_budget), TOKEN)) as url:
@@ -109,7 +109,7 @@ def trl_tools(url: str) -> list[Any]:
     """Sync tool functions for TRL, posting to the tool server (TRL calls them one at a time)."""
     import httpx
 
-    from agentrft.tools.filings import FilingsTools
+    from agentrft.tools.corpus_tools import CorpusTools
 
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
 
@@ -127,12 +127,12 @@ def trl_tools(url: str) -> list[Any]:
 
     from transformers.utils import get_json_schema
 
-    from agentrft.tools.filings import tool_specs
+    from agentrft.tools.corpus_tools import tool_specs
 
     for fn, spec in zip((search, list, read), tool_specs()):
         # Without a return annotation, get_json_schema gives exactly the spec the server publishes and the
         # model was trained on (a "return" entry would change the rendered system prompt).
-        fn.__doc__ = getattr(FilingsTools, fn.__name__).__doc__
+        fn.__doc__ = getattr(CorpusTools, fn.__name__).__doc__
         fn.__annotations__.pop("return", None)
         assert get_json_schema(fn) == spec, (get_json_schema(fn), spec)
     return [search, list, read]
@@ -142,8 +142,8 @@ def ensure_model(model: Path | None, synth_dir: Path, url: str) -> Path:
     if model is not None:
         return model
     from agentrft.jsonl import read_models
-    from agentrft.model.sft import WarmStartSettings, warm_start
-    from agentrft.model.tiny import build_tiny_model
+    from agentrft.filings.model.warm_start import WarmStartSettings, warm_start
+    from agentrft.filings.model.tiny import build_tiny_model
     from agentrft.schema import Row
 
     cache = ROOT / "bench" / ".cache"
@@ -316,9 +316,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from agentrft.agent.settings import RolloutSettings
-    from agentrft.data.synth import synth
+    from agentrft.filings.synth import synth
     from agentrft.jsonl import read_models
-    from agentrft.model import prompts
+    from agentrft.filings.model import prompts
     from agentrft.schema import Row
 
     torch.set_num_threads(args.threads)

@@ -43,7 +43,7 @@ def baseline_app(corpus_dir: Path):
     from fastapi.security import HTTPBearer
 
     from agentrft.tools.corpus import Corpus
-    from agentrft.tools.filings import _format_hits
+    from agentrft.tools.corpus_tools import _format_hits
     from agentrft.tools.search_index import SearchIndex
 
     index = SearchIndex.build(Corpus(corpus_dir))
@@ -72,10 +72,10 @@ def baseline_app(corpus_dir: Path):
 
 
 def agentrft_app(corpus_dir: Path, cache: bool = False):
-    from agentrft.tools.filings import FilingsTools
+    from agentrft.tools.corpus_tools import CorpusTools
     from agentrft.tools.server import create_app
 
-    tools = FilingsTools(corpus_dir).prepare()
+    tools = CorpusTools(corpus_dir).prepare()
     if not cache:
         tools._index.query_cache_size = 0  # measure serving, not the cache
     return create_app(tools.registry(), TOKEN)
@@ -272,7 +272,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus
         if corpus is None:
-            from agentrft.data.synth import synth
+            from agentrft.filings.synth import synth
 
             synth(Path(tmp), companies=8, seed=0)
             corpus = Path(tmp) / "corpus"

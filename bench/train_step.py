@@ -130,7 +130,7 @@ def demo_config(work: Path, model: Path, url: str, steps: int, **overrides: Any)
     """The demo's training config (examples/tiny_config.yaml), pointed at this run's files."""
     import yaml
 
-    from agentrft.train.config import config_from_dict
+    from agentrft.config import config_from_dict
 
     data = yaml.safe_load((ROOT / "examples" / "tiny_config.yaml").read_text())
     data.update(
@@ -170,7 +170,7 @@ def run_trl(cfg: Any, model_dir: Path, url: str, clock: PhaseClock) -> None:
 
     from agentrft.graders import load_grader
     from agentrft.jsonl import read_models
-    from agentrft.model.prompts import SYSTEM_PROMPT
+    from agentrft.filings.model.prompts import SYSTEM_PROMPT
     from agentrft.schema import MessageTurn, Row, Trajectory
 
     rows = read_models(cfg.train_path, Row)
@@ -220,8 +220,8 @@ def main() -> None:
 
     import torch
 
-    from agentrft.data.synth import synth
-    from agentrft.model import prompts
+    from agentrft.filings.synth import synth
+    from agentrft.filings.model import prompts
 
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)

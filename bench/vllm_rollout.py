@@ -64,9 +64,9 @@ def main() -> None:
 
     from agentrft.agent.settings import RolloutSettings
     from agentrft.agent.vllm import VLLMPolicy, VLLMServer
-    from agentrft.data.synth import synth
+    from agentrft.filings.synth import synth
     from agentrft.jsonl import read_models
-    from agentrft.model import prompts
+    from agentrft.filings.model import prompts
     from agentrft.schema import Row
 
     torch.set_num_threads(args.threads)

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         corpus = args.corpus
         if corpus is None:
-            from agentrft.data.synth import synth
+            from agentrft.filings.synth import synth
 
             synth(work / "data", companies=args.companies, seed=0)
             corpus = work / "data" / "corpus"

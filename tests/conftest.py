@@ -21,7 +21,7 @@ TOOL_TOKEN = "test-token-123"
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated dataset: corpus/filings/*.html plus research_train.jsonl / research_val.jsonl."""
-    from agentrft.data.synth import synth
+    from agentrft.filings.synth import synth
 
     out = tmp_path_factory.mktemp("synth")
     synth(out, companies=4, seed=0)
@@ -36,7 +36,7 @@ def corpus_dir(synth_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tool_server(corpus_dir: Path):
     """The real filings tool server on a free 127.0.0.1 port; yields its base URL."""
-    from agentrft.tools.testing import running_server
+    from agentrft.tools.local_server import running_server
 
     with running_server(corpus_dir=corpus_dir, token=TOOL_TOKEN) as url:
         yield url
@@ -45,7 +45,7 @@ def tool_server(corpus_dir: Path):
 @pytest.fixture(scope="session")
 def tiny_model_dir(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A freshly built tiny Qwen2 model with its locally trained tokenizer (a few pretraining steps only)."""
-    from agentrft.model.tiny import build_tiny_model
+    from agentrft.filings.model.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-model")
     return build_tiny_model(corpus_dir, out, seed=0, induction_steps=20, lookup_steps=10)

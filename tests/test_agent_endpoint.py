@@ -37,7 +37,7 @@ def research(messages):
 def test_endpoint_policy_runs_tool_calls_from_the_response(tool_server, rows):
     with running_chat_server(research, delay_s=0.05) as (url, log):
         policy = EndpointPolicy(url + "/chat/completions", model="base", max_concurrency=3)
-        trajectories = rollout(rows, policy, tool_server, TOOL_TOKEN, RolloutSettings(seed=1, top_k=20))
+        trajectories = rollout(rows, policy, tool_server, TOOL_TOKEN, RolloutSettings(seed=1, top_k=20, system_prompt="Answer from the filings."))
     assert [t.row_id for t in trajectories] == [r.id for r in rows]
     for t in trajectories:
         assert t.stop_reason == "answer", t.turns[-1]
@@ -54,7 +54,7 @@ def test_endpoint_policy_runs_tool_calls_from_the_response(tool_server, rows):
     calls = [c["id"] for m in last["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
     answered = [m["tool_call_id"] for m in last["messages"] if m["role"] == "tool"]
     assert calls == answered and len(calls) == 3
-    assert last["messages"][0]["role"] == "system"
+    assert last["messages"][0] == {"role": "system", "content": "Answer from the filings."}
 
 
 def test_endpoint_malformed_arguments_are_recorded(tool_server, rows):
@@ -98,7 +98,7 @@ def test_base_url_forms():
 
 def test_pending_tool_calls_of_all_rollouts_run_concurrently(rows):
     """With every rollout calling a slow tool in the same round, all calls are in flight at once."""
-    from agentrft.tools.testing import running_server
+    from agentrft.tools.local_server import running_server
 
     state = {"now": 0, "peak": 0}
 

@@ -195,9 +195,10 @@ def test_greedy_is_deterministic_and_left_padding_is_harmless(tiny_model_dir, to
 def _two_turns(policy, rows, extra_lengths, settings):
     """Three episodes of different lengths: a turn, then different amounts of appended context, a turn."""
     from agentrft.agent import render
-    from agentrft.agent.loop import default_system_prompt, new_episode
+    from agentrft.agent.loop import new_episode
+    from agentrft.filings.model.prompts import SYSTEM_PROMPT
 
-    episodes = [new_episode(row, 0, default_system_prompt(), []) for row in rows]
+    episodes = [new_episode(row, 0, SYSTEM_PROMPT, []) for row in rows]
     first = policy.generate_sync(episodes, settings)
     filler = policy.tokenizer.encode("Revenue: $476M\nGross margin: 51.3%\n" * 8)
     for episode, n in zip(episodes, extra_lengths, strict=True):
@@ -247,13 +248,14 @@ def test_rows_that_finish_leave_the_batch_and_are_handed_over_first(model_and_to
     import torch
 
     from agentrft.agent.lean_step import LeanStep
-    from agentrft.agent.loop import default_system_prompt, new_episode
+    from agentrft.agent.loop import new_episode
+    from agentrft.filings.model.prompts import SYSTEM_PROMPT
     from agentrft.agent.policy import LocalPolicy
 
     model, tokenizer = model_and_tokenizer
     policy = LocalPolicy(model, tokenizer, lean_decoding=lean)
     policy.stop_ids = [policy.pad_id]  # a token this model never emits: each row runs to its own limit
-    episodes = [new_episode(row, 0, default_system_prompt(), []) for row in rows[:4]]
+    episodes = [new_episode(row, 0, SYSTEM_PROMPT, []) for row in rows[:4]]
     lengths = [len(tokenizer.apply_chat_template(e.messages, tokenize=True, add_generation_prompt=True,
                                                   return_dict=True)["input_ids"]) for e in episodes]
     # a token budget that leaves each row a different number of tokens to generate (at most 12)

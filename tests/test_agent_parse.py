@@ -10,7 +10,7 @@ import pytest
 from agentrft.agent.parse import ensure_response_parser, parse_reply
 from agentrft.agent.render import render_prompt, tool_suffix_ids
 from agentrft.errors import UserError
-from agentrft.tools.filings import tool_specs
+from agentrft.tools.corpus_tools import tool_specs
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ COMMANDS: dict[str, tuple[str, Argv]] = {
 }  # fmt: skip
 BAD = ["binary", "utf16", "empty", "truncated", "array", "number", "wrong_field", "directory", "missing"]
 
-# Known gaps, all in agentrft/train/config.py's load_config (being edited elsewhere): it reads the
+# Known gaps, all in agentrft/config.py's load_config (being edited elsewhere): it reads the
 # config without agentrft.files, so a non-UTF-8 config gets cli.main's last-net line, which cannot
 # name the file; and it takes an empty file for "all defaults", so prior-check's error is about the
 # default val file instead. strict: the day load_config is fixed, these start passing and fail here.

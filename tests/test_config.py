@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agentrft.errors import UserError
-from agentrft.train.config import TrainConfig, check_config, load_config
+from agentrft.config import TrainConfig, check_config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TUTORIAL_YAML = REPO / "examples" / "step5_config.yaml"
@@ -57,7 +57,7 @@ def test_tutorial_yaml_loads_as_written(tutorial_dir: Path) -> None:
 
 
 def test_every_field_is_documented() -> None:
-    from agentrft.train.config import LoraBlock
+    from agentrft.config import LoraBlock
 
     for model in (TrainConfig, LoraBlock):
         missing = [name for name, field in model.model_fields.items() if not field.description]

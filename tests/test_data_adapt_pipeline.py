@@ -19,7 +19,7 @@ from agentrft.agent.testing import running_chat_server
 from agentrft.cli import main
 from agentrft.jsonl import read_models
 from agentrft.schema import EvalRecord, PriorResult, Row, Trajectory
-from agentrft.tools.testing import running_server
+from agentrft.tools.local_server import running_server
 
 TATQA = Path(__file__).parent / "data" / "benchmarks" / "tatqa_sample.json"
 KINDS = ("numeric", "span", "multi_span")

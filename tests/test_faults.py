@@ -30,7 +30,7 @@ from agentrft.cli import main
 from agentrft.jsonl import read_models, write_models
 from agentrft.schema import EvalRecord, Row, ToolResultTurn, Trajectory
 from agentrft.tools.server import create_app
-from agentrft.tools.testing import build_registry, running_server, serve_app
+from agentrft.tools.local_server import build_registry, running_server, serve_app
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "fault-token"

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 
 from agentrft.agent.settings import RolloutSettings
 from agentrft.serve import create_app
-from agentrft.tools.testing import running_server, serve_app
+from agentrft.tools.local_server import running_server, serve_app
 
 pytestmark = pytest.mark.timeout(600)
 EXAMPLES = int(os.environ.get("AGENTRFT_FUZZ_EXAMPLES", "20"))

@@ -13,7 +13,7 @@ from agentrft.agent.settings import RolloutSettings
 from agentrft.jsonl import read_models
 from agentrft.schema import ToolResultTurn, Trajectory
 from agentrft.serve import create_app
-from agentrft.tools.testing import running_server, serve_app
+from agentrft.tools.local_server import running_server, serve_app
 
 pytestmark = pytest.mark.timeout(180)
 PROD_TOKEN = "prod-token-456"

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from agentrft.tools.corpus import Corpus, PathError, chunk_text, html_to_text, normalize_path
-from agentrft.tools.filings import FilingsTools, cut_to_budget
+from agentrft.tools.corpus_tools import CorpusTools, cut_to_budget
 from agentrft.tools.search_index import QueryBatcher, SearchIndex, terms
-from agentrft.tools.testing import running_server
+from agentrft.tools.local_server import running_server
 
 HTML = """<html><head><title>Acme 10-Q Q3 2025</title><style>p {color: red}</style>
 <script>var secret = 1;</script></head><body><h1>Acme Form 10-Q</h1>
@@ -114,7 +114,7 @@ def test_index_cache_is_keyed_by_corpus_contents(small_corpus: Path, tmp_path: P
 
 
 def test_search_finds_the_best_chunk(small_corpus: Path, tmp_path: Path) -> None:
-    tools = FilingsTools(small_corpus, cache_dir=tmp_path / "cache")
+    tools = CorpusTools(small_corpus, cache_dir=tmp_path / "cache")
     out = tools.search("Acme operating margin", top_k=2)
     first, snippet = out.splitlines()[:2]
     assert first.startswith("filings/acme-10q-2025-q3.html (score ")

@@ -22,7 +22,7 @@ from agentrft.cli import main
 from agentrft.errors import UserError
 from agentrft.tools.client import ToolClient, ToolServerUnavailable
 from agentrft.tools.registry import ToolRegistry, load_tools
-from agentrft.tools.testing import running_server, serve_app
+from agentrft.tools.local_server import running_server, serve_app
 
 MODULE = textwrap.dedent(
     '''

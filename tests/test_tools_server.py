@@ -10,7 +10,7 @@ import pytest
 from conftest import TOOL_TOKEN
 
 from agentrft.tools.client import ToolClient
-from agentrft.tools.filings import tool_specs
+from agentrft.tools.corpus_tools import tool_specs
 
 AUTH = {"Authorization": f"Bearer {TOOL_TOKEN}"}
 ROUTES = [("GET", "/tools"), ("POST", "/search"), ("POST", "/list"), ("POST", "/read"), ("POST", "/nope")]

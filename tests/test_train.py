@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from agentrft.schema import Grade, Row, ToolCallTurn, ToolResultTurn, Trajectory
-from agentrft.train.config import TrainConfig, config_from_dict
+from agentrft.config import TrainConfig, config_from_dict
 from agentrft.train.monitor import AbortRules, MetricsRow, read_metrics, trim_metrics
 from agentrft.train.rollout import REQUIRED_KEYS, check_trl_contract, to_trl_batch
 

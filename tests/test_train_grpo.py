@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from agentrft.schema import Grade, Row, ToolResultTurn, Trajectory
-from agentrft.train.config import config_from_dict
+from agentrft.config import config_from_dict
 
 from conftest import TOOL_TOKEN
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from agentrft.train.config import config_from_dict
+from agentrft.config import config_from_dict
 from agentrft.train.monitor import read_metrics
 from agentrft.train.vllm_rollouts import VLLMRollouts, _groups
 

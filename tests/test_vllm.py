@@ -148,9 +148,10 @@ def test_tool_results_are_appended_with_no_loss_and_later_turns_sampled_after_th
 
 
 def test_on_reply_hands_every_reply_over_once(policy, rows):
-    from agentrft.agent.loop import default_system_prompt, new_episode, run_sync
+    from agentrft.agent.loop import new_episode, run_sync
+    from agentrft.filings.model.prompts import SYSTEM_PROMPT
 
-    episodes = [new_episode(row, 0, default_system_prompt(), []) for row in rows]
+    episodes = [new_episode(row, 0, SYSTEM_PROMPT, []) for row in rows]
     handed: list[int] = []
     replies = run_sync(policy.generate(episodes, SETTINGS, on_reply=lambda index, reply: handed.append(index)))
     assert sorted(handed) == list(range(len(rows))) and len(replies) == len(rows)

@@ -64,7 +64,7 @@ def test_serve_puts_a_lora_adapter_behind_vllm_and_streams(
     from agentrft.agent.settings import RolloutSettings
     from agentrft.agent.vllm import vllm_policy
     from agentrft.serve import create_app
-    from agentrft.tools.testing import running_server, serve_app
+    from agentrft.tools.local_server import running_server, serve_app
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     tuned = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],

@@ -34,13 +34,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def default_system_prompt() -> str:
-    from ..model.prompts import SYSTEM_PROMPT
-
-    return SYSTEM_PROMPT
-
-
-def new_episode(row: Row, sample_index: int, system_prompt: str, tools: list[dict[str, Any]]) -> Episode:
+def new_episode(row: Row, sample_index: int, system_prompt: str | None, tools: list[dict[str, Any]]) -> Episode:
+    """A rollout's opening: the system prompt (none when None or empty) and the row's prompt."""
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
@@ -63,14 +58,13 @@ async def run_rollouts(
 
     ``progress`` (optional) is called with the number of rollouts that just finished.
     """
-    system_prompt = settings.system_prompt if settings.system_prompt is not None else default_system_prompt()
     server_specs: list[dict[str, Any]] | None = None
     if any(not row.tools for row in rows):
         server_specs = await tools.specs()  # rows without a tools list get the server's tools
     episodes = []
     for row in rows:
         specs = [spec.model_dump(exclude_none=True) for spec in row.tools] if row.tools else server_specs
-        episodes.extend(new_episode(row, k, system_prompt, list(specs or [])) for k in range(samples_per_row))
+        episodes.extend(new_episode(row, k, settings.system_prompt, list(specs or [])) for k in range(samples_per_row))
     early = "on_reply" in inspect.signature(policy.generate).parameters
     active = list(episodes)
     while active:
@@ -209,4 +203,4 @@ def rollout(
     return run_sync(main())
 
 
-__all__ = ["RolloutSettings", "default_system_prompt", "rollout", "run_rollouts", "run_sync"]
+__all__ = ["RolloutSettings", "new_episode", "rollout", "run_rollouts", "run_sync"]

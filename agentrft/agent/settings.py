@@ -24,7 +24,7 @@ class RolloutSettings(BaseModel):
     seed: int | None = None
     """Same rows + same seed + same policy give the same trajectories; None samples freshly."""
     system_prompt: str | None = None
-    """None uses the running example's system prompt (agentrft.model.prompts.SYSTEM_PROMPT)."""
+    """The system message every rollout opens with; None sends none (the chat template's default applies)."""
     tool_timeout_s: float = Field(default=30.0, gt=0.0)
     """Seconds one tool call may take; a call past it comes back to the model as a timed-out error
     and the rollout goes on (the tool client is opened with it)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from ..tools.local_server import serve_app
 from . import render
 from .episode import Episode, Reply
 from .parse import ensure_response_parser
@@ -135,8 +136,6 @@ def running_chat_server(script: Script, model: str = "scripted", delay_s: float 
             log.in_flight -= 1
         chars = sum(len(str(m.get("content") or "")) for m in body["messages"])
         return _completion(turn, body.get("model", model), len(log.requests), chars)
-
-    from ..tools.testing import serve_app
 
     with serve_app(app) as url:
         yield f"{url}/v1", log

@@ -39,7 +39,7 @@ from ..jsonl import write_models
 from ..schema import Expected, Row, RowMetadata, ToolSpec
 from ..tools.corpus import html_to_text
 from .benchmarks import Benchmark, Context, Format, Question
-from .questions import normalise_prompt
+from .validate import normalise_prompt
 
 KINDS = ("numeric", "span", "multi_span")
 MAGNITUDES = ("thousand", "million", "billion")

@@ -1,7 +1,8 @@
-"""Commands of agentrft.data: ``agentrft data synth | validate | split | stats | import-logs | adapt | generate``."""
+"""Commands of agentrft.data: ``agentrft data validate | split | stats | import-logs | adapt | generate``."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -10,6 +11,17 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
+from ..files import iter_lines, refuse_overwrite
+from ..jsonl import read_numbered_models, write_models
+from ..schema import Row
+from ..tools.corpus_tools import row_tool_specs
+from .adapt import KINDS, adapt, write_adapted
+from .benchmarks import FORMATS, read_benchmark
+from .generate import GenerateSettings, generate
+from .logs import import_logs
+from .split import check_val_frac, stratified_split
+from .stats import print_stats, strata_table
+from .validate import summary_lines, validate_files
 
 console = Console(highlight=False, emoji=False, soft_wrap=True)
 
@@ -20,39 +32,9 @@ data_app = typer.Typer(
 )
 
 
-def _strata_table(counts: dict[tuple[str, str], tuple[int, int]]) -> Table:
-    table = Table(title="Split per stratum (task type × difficulty)")
-    for name in ("task_type", "difficulty", "train", "val", "val share"):
-        table.add_column(name, justify="left" if name in ("task_type", "difficulty") else "right")
-    for (task, difficulty), (n_train, n_val) in sorted(counts.items()):
-        share = n_val / max(n_train + n_val, 1)
-        table.add_row(task, difficulty, str(n_train), str(n_val), f"{share:.0%}")
-    total_train = sum(t for t, _ in counts.values())
-    total_val = sum(v for _, v in counts.values())
-    table.add_row("total", "", str(total_train), str(total_val), "", style="bold")
-    return table
-
-
-@data_app.command("synth")
-def synth_command(
-    out: Path = typer.Option(..., "--out", help="Directory for corpus/ and research_{train,val}.jsonl."),
-    companies: int = typer.Option(8, help="How many fictional companies (2-16); about 50 rows each."),
-    seed: int = typer.Option(0, help="Same seed, same bytes."),
-) -> None:
-    """Generate the running example: a corpus of company filings and its question rows, split."""
-    from .synth import synth
-
-    summary = synth(out, companies=companies, seed=seed)
-    console.print(f"Wrote {summary.documents} documents under {out / 'corpus'}")
-    console.print(f"Wrote {summary.train_rows} rows to {summary.train_path}")
-    console.print(f"Wrote {summary.val_rows} rows to {summary.val_path}")
-    console.print(_strata_table(summary.strata))
-
-
 @data_app.command("validate")
 def validate_command(files: list[Path] = typer.Argument(..., help="Row files (JSONL), e.g. train and val.")) -> None:
     """Check rows: fields, types, tool specs, duplicate ids and train/val leakage; report every problem."""
-    from .validate import summary_lines, validate_files
 
     report = validate_files(files)
     if not report.ok:
@@ -72,10 +54,6 @@ def split_command(
     name: str = typer.Option("", help="Output name stem (default: the input's stem)."),
 ) -> None:
     """Split rows into train/val, stratified by task type × difficulty; ids unchanged."""
-    from ..files import iter_lines
-    from ..jsonl import read_numbered_models
-    from ..schema import Row
-    from .split import check_val_frac, stratified_split
 
     check_val_frac(val_frac)
     numbered = read_numbered_models(file, Row)
@@ -94,13 +72,12 @@ def split_command(
             raise UserError(f"{target}: would overwrite the input; pass --name or another --out-dir")
         target.write_text("".join(raw[id(row)] + "\n" for row in part), encoding="utf-8")
         console.print(f"Wrote {len(part)} rows to {target}")
-    console.print(_strata_table(result.counts))
+    console.print(strata_table(result.counts))
 
 
 @data_app.command("stats")
 def stats_command(files: list[Path] = typer.Argument(..., help="Row files (JSONL).")) -> None:
     """Print the task-type and difficulty distributions of row files."""
-    from .stats import print_stats
 
     print_stats(files, console)
 
@@ -112,9 +89,6 @@ def import_logs_command(
     id_prefix: str = typer.Option("log", help="Row ids become PREFIX-0001, PREFIX-0002, ..."),
 ) -> None:
     """Turn production logs with a reference (label, reference_answer or reviewer feedback) into rows."""
-    from ..files import refuse_overwrite
-    from ..jsonl import write_models
-    from .logs import import_logs
 
     refuse_overwrite(out, logs)
     result = import_logs(logs, id_prefix=id_prefix)
@@ -129,7 +103,6 @@ def import_logs_command(
 
 
 def _adapt_tables(adapted) -> tuple[Table, Table]:
-    from .adapt import KINDS
 
     made = Table(title="Questions by answer type: rows per grader, and skipped")
     for name in ("answer type", *KINDS, "skipped", "total"):
@@ -160,9 +133,6 @@ def adapt_command(
                                     help="Characters the read tool returns; a longer document's questions are skipped."),
 ) -> None:
     """Turn a public benchmark into a corpus (a document per context) and rows that pass validate."""
-    from .adapt import adapt, write_adapted
-    from .benchmarks import FORMATS, read_benchmark
-    from .synth import row_tool_specs
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
@@ -204,12 +174,7 @@ def generate_command(
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the key."),
 ) -> None:
     """A stronger model writes question / reference pairs grounded in sampled documents; ungrounded ones are dropped."""
-    import os
 
-    from ..files import refuse_overwrite
-    from ..jsonl import write_models
-    from .generate import GenerateSettings, generate
-    from .synth import row_tool_specs
 
     if out.is_dir():
         raise UserError(f"--out {out}: is a directory; name the JSONL file to write")

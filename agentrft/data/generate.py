@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..graders.quantities import parse_quantities
 from ..schema import Expected, Row, RowMetadata, ToolSpec
 from ..tools.corpus import Corpus
-from .questions import normalise_prompt
+from .validate import normalise_prompt
 
 MAX_ANSWER_CHARS = 120
 SYSTEM_PROMPT = (

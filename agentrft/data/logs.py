@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from ..jsonl import iter_json_lines, json_type
 from ..schema import Expected, Row, RowMetadata, ToolSpec
-from .questions import normalise_prompt
+from .validate import normalise_prompt
 
 MAX_CONFIRMED_ANSWER_CHARS = 200
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..jsonl import read_models
 from ..schema import Row
+from .split import Stratum
 
 
 def _count(rows: list[Row], key: str) -> Counter[str]:
@@ -33,6 +34,20 @@ def stats_table(title: str, rows: list[Row], key_a: str, key_b: str) -> Table:
         table.add_row(a, *[str(per_b[b]) for b in b_values], str(len(picked)))
     totals = _count(rows, key_b)
     table.add_row("total", *[str(totals[b]) for b in b_values], str(len(rows)), style="bold")
+    return table
+
+
+def strata_table(counts: dict[Stratum, tuple[int, int]]) -> Table:
+    """Rows per stratum (task type × difficulty) on each side of a split, and the val share."""
+    table = Table(title="Split per stratum (task type × difficulty)")
+    for name in ("task_type", "difficulty", "train", "val", "val share"):
+        table.add_column(name, justify="left" if name in ("task_type", "difficulty") else "right")
+    for (task, difficulty), (n_train, n_val) in sorted(counts.items()):
+        share = n_val / max(n_train + n_val, 1)
+        table.add_row(task, difficulty, str(n_train), str(n_val), f"{share:.0%}")
+    total_train = sum(t for t, _ in counts.values())
+    total_val = sum(v for _, v in counts.values())
+    table.add_row("total", "", str(total_train), str(total_val), "", style="bold")
     return table
 
 

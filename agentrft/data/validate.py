@@ -21,11 +21,16 @@ from pydantic import ValidationError
 
 from ..jsonl import iter_json_lines, json_type
 from ..schema import Row
-from .questions import normalise_prompt
 
 REQUIRED = ("id", "prompt", "reference_answer")
 _TRAIN_WORDS = {"train", "training"}
 _VAL_WORDS = {"val", "valid", "validation", "dev", "eval", "test", "heldout"}
+
+
+def normalise_prompt(prompt: str) -> str:
+    """Case, whitespace and punctuation folded: the key for duplicate and leakage checks."""
+    kept = "".join(ch.lower() if ch.isalnum() else " " for ch in prompt)
+    return " ".join(kept.split())
 
 
 @dataclass

@@ -116,7 +116,7 @@ def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | 
     fields: dict[str, Any] = {"seed": options.seed}
     tools_url, config_token, grader = options.tools_url, None, options.grader
     if options.config is not None:
-        from ..train.config import load_config
+        from ..config import load_config
 
         cfg = load_config(options.config)
         for name in ("max_tool_calls", "max_trajectory_tokens", "max_new_tokens", "top_p", "top_k", "system_prompt"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -12,7 +11,8 @@ import typer
 from rich.console import Console
 
 from ..errors import UserError
-from ..files import read_text
+from .client import TOKEN_ENV, ToolClient, ToolServerUnavailable, read_token
+from .registry import ToolRegistry, load_tools
 
 tools_app = typer.Typer(help="Step 3: serve tools over HTTP; smoke-test a running server.",
                         no_args_is_help=True)
@@ -23,23 +23,6 @@ log = logging.getLogger("agentrft.tools")
 def register(app: typer.Typer) -> None:
     """Add this step's commands to the main app."""
     app.add_typer(tools_app, name="tools")
-
-
-def resolve_token(token_file: Path | None, no_auth: bool = False) -> str | None:
-    """The bearer token from --token-file or TOOL_BEARER; None only when auth is explicitly off."""
-    if token_file is not None:
-        if not token_file.exists():
-            raise UserError(f"{token_file}: token file not found")
-        token = read_text(token_file, "a token file").strip()
-        if not token:
-            raise UserError(f"{token_file}: token file is empty")
-        return token
-    token = os.environ.get("TOOL_BEARER", "").strip()
-    if token:
-        return token
-    if no_auth:
-        return None
-    raise UserError("no bearer token: set TOOL_BEARER or pass --token-file (or --no-auth to serve without auth)")
 
 
 @tools_app.command("serve")
@@ -64,15 +47,16 @@ def serve(
         raise UserError(f"--read-budget must be positive, got {read_budget}")
     if not tool_timeout > 0:
         raise UserError(f"--tool-timeout must be positive, got {tool_timeout:g}")
-    token = resolve_token(token_file, no_auth)
+    token = read_token(token_file)
+    if token is None and not no_auth:
+        raise UserError(f"no bearer token: set {TOKEN_ENV} or pass --token-file (or --no-auth to serve without auth)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if token is None:
         log.warning("auth is OFF (--no-auth): anyone who can reach %s:%d can call these tools", host, port)
-    import uvicorn
+    import uvicorn  # with FastAPI, a third of a second: not for --help
 
-    from .registry import ToolRegistry, load_tools
+    from .local_server import build_registry
     from .server import create_app
-    from .testing import build_registry
 
     registry = build_registry(corpus, None, read_budget, embed=not no_embeddings) if corpus else ToolRegistry()
     if tools is not None:
@@ -98,8 +82,6 @@ def example_arguments(spec: dict[str, Any], paths: list[str]) -> dict[str, Any]:
 
 
 async def _smoke(url: str, token: str | None) -> int:
-    from .client import ToolClient, ToolServerUnavailable
-
     async with ToolClient(url, token=token, retries=1, timeout_s=30) as client:
         try:
             specs = await client.specs()
@@ -133,7 +115,7 @@ def smoke(
     token_file: Annotated[Optional[Path], typer.Option(help="File holding the bearer token (else TOOL_BEARER).")] = None,
 ) -> None:
     """Call every tool of a running server once with example arguments; print outputs and latency."""
-    token = resolve_token(token_file, no_auth=True)
+    token = read_token(token_file)
     failures = asyncio.run(_smoke(url, token))
     if failures:
         raise UserError(f"{failures} tool(s) answered with an HTTP error")

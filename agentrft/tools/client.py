@@ -18,13 +18,37 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
+from ..errors import UserError
+from ..files import read_text
+
 Contract = Literal["tutorial", "function_call"]
+
+TOKEN_ENV = "TOOL_BEARER"
+"""The environment variable a tool server's bearer token is read from when no token file is named."""
+
+
+def read_token(file: Path | None = None, env: str | None = TOKEN_ENV) -> str | None:
+    """A tool server's bearer token: the contents of ``file`` when one is named (a file that is missing or
+    empty is a UserError naming it), else the environment variable ``env``; None when neither holds one.
+
+    Every command reads the token here: ``tools serve`` and ``tools smoke``, ``eval``, ``serve``, the
+    training config (``TrainConfig.tools_token``) and the running example's warm start."""
+    if file is not None:
+        if not Path(file).exists():
+            raise UserError(f"{file}: token file not found")
+        token = read_text(Path(file), "a token file").strip()
+        if not token:
+            raise UserError(f"{file}: token file is empty")
+        return token
+    return (os.environ.get(env, "").strip() or None) if env else None
 
 
 class ToolServerUnavailable(RuntimeError):
@@ -135,3 +159,6 @@ def _output_of(response: httpx.Response) -> tuple[str, str | None]:
         call_id = data.get("call_id")
         return data["output"], call_id if isinstance(call_id, str) else None
     return f"Error: HTTP {response.status_code}: unexpected reply {str(data)[:200]}", None
+
+
+__all__ = ["TOKEN_ENV", "ToolClient", "ToolReply", "ToolServerUnavailable", "read_token"]

@@ -1,15 +1,13 @@
-"""Steps 5 and 6: the training config and GRPO training through TRL with agentrft's agent loop.
+"""Step 6: GRPO training through TRL with agentrft's agent loop (the config, step 5, is ``agentrft.config``).
 
-The config names load eagerly (they are light); the trainer, rollout adapter and monitor import
-torch, transformers and TRL, so they load on first use and ``agentrft --help`` stays fast.
+The trainer, rollout adapter and monitor import torch, transformers and TRL, so they load on first use
+and ``agentrft --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
-
-from .config import LoraBlock, TrainConfig, check_config, config_from_dict, load_config
 
 _LAZY = {
     "train": ".trainer",
@@ -34,4 +32,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["LoraBlock", "TrainConfig", "check_config", "config_from_dict", "load_config", *_LAZY]
+__all__ = list(_LAZY)

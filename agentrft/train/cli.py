@@ -23,7 +23,7 @@ def config_check(
     files: bool = typer.Option(True, "--files/--no-files", help="Also open train/val files and the grader."),
 ) -> None:
     """Validate a config: errors name the field; warnings explain settings that usually hurt RFT."""
-    from .config import check_config, load_config
+    from ..config import check_config, load_config
 
     cfg = load_config(file)
     warnings = check_config(cfg, check_files=files)
@@ -45,7 +45,7 @@ def train_command(
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
 ) -> None:
     """Step 6: GRPO on the config's base model with agentrft's agent loop, live metrics and abort rules."""
-    from .config import check_config, load_config
+    from ..config import check_config, load_config
 
     cfg = load_config(file)
     if launcher not in ("none", "accelerate"):

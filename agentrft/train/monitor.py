@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..files import iter_lines
 from ..jsonl import write_models
 from ..schema import SCHEMA_VERSION, Row, Trajectory
-from .config import TrainConfig
+from ..config import TrainConfig
 from .rollout import AgentRollouts, RolloutRunner, mean_reward
 
 METRICS_FILE = "metrics.jsonl"

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..schema import Grade, Row, Trajectory
-from .config import TrainConfig
+from ..config import TrainConfig
 from .logprobs import GeneratedTokens
 
 REQUIRED_KEYS = ("prompt_ids", "completion_ids", "logprobs")

@@ -53,7 +53,7 @@ from rich.console import Console
 from ..errors import UserError, where
 from ..jsonl import read_models
 from ..schema import Row
-from .config import TrainConfig
+from ..config import TrainConfig
 from .logprobs import GeneratedTokens
 from .monitor import Monitor, trim_metrics
 from .rollout import AgentRollouts, RolloutRunner, agent_loop_runner, check_trl_contract

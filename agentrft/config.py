@@ -18,17 +18,17 @@ accumulation makes up the rest.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from ..agent.settings import RolloutSettings
-from ..errors import UserError, where
-from ..files import read_text
-from ..jsonl import describe_validation_error
+from .agent.settings import RolloutSettings
+from .errors import UserError, where
+from .files import read_text
+from .jsonl import describe_validation_error, iter_json_lines
+from .tools.client import read_token
 
 # RFT moves a policy that already works; SFT-sized steps wreck it. The tutorial's 1e-5 is 10–100×
 # below typical SFT rates (1e-4 … 1e-3 for LoRA); above this we warn.
@@ -105,7 +105,7 @@ class TrainConfig(_Block):
         default=None, description="File holding the bearer token; read when the variable is unset."
     )
     grader: Path | None = Field(
-        default=None, description="Grader spec (JSON/YAML); null uses the running example's numeric grader."
+        default=None, description="Grader spec (JSON/YAML); null uses the numeric grader."
     )
 
     # --- rollouts -------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ class TrainConfig(_Block):
     top_k: int = Field(default=0, ge=0, description="Top-k sampling of training rollouts; 0 turns it off.")
     max_new_tokens: int = Field(default=256, ge=1, description="Tokens the model may generate per turn.")
     system_prompt: str | None = Field(
-        default=None, description="System prompt of every rollout; null uses the running example's."
+        default=None, description="System prompt of every rollout; null sends none (the chat template's default)."
     )
 
     # --- optimisation details -------------------------------------------------------------------
@@ -228,11 +228,7 @@ class TrainConfig(_Block):
 
     def tools_token(self) -> str | None:
         """The tool server's bearer token: the environment variable first, then the token file."""
-        if self.tools_token_env and os.environ.get(self.tools_token_env):
-            return os.environ[self.tools_token_env]
-        if self.tools_token_file is not None:
-            return read_text(self.tools_token_file, "a token file").strip() or None
-        return None
+        return read_token(env=self.tools_token_env) or read_token(self.tools_token_file, env=None)
 
 
 _PATH_FIELDS = ("train_path", "val_path", "tools_token_file", "grader", "output_dir")
@@ -359,8 +355,6 @@ def check_config(cfg: TrainConfig, check_files: bool = True) -> list[str]:
 
 def _row_ids(path: Path, location: str) -> dict[str, str]:
     """Row id → hash of its prompt, read leniently: `agentrft data validate` owns the full check."""
-    from ..jsonl import iter_json_lines
-
     if not path.is_file():
         raise UserError(f"{location}: no such file {path}")
     ids: dict[str, str] = {}

@@ -13,8 +13,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import UserError
+import torch
+from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+from ...errors import UserError
+from ...tools.corpus_tools import tool_specs
+from .cache import RECIPE
+from .pretrain import pretrain_lookup
 from .prompts import MAX_NEW_TOKENS, MAX_POSITIONS, TEMPERATURE
+from .tokenizer import corpus_documents, find_metric_labels, train_tokenizer
 
 TINY_SHAPE = {
     "hidden_size": 128,
@@ -27,11 +34,6 @@ TINY_SHAPE = {
 dimensions rather than four of 32: one head copies a token it attends to through a rank-head_dim
 value/output path, and at 32 that path could not single out one of ~4,500 tokens (copying accuracy
 plateaued near 50%; at 64 the same pretraining answers synthetic look-ups exactly)."""
-
-
-RECIPE = 5
-"""Version of the recipe (tokenizer, shape, pretraining, and the warm start's drills); part of the
-demo's cache key, so a model built or warm-started by another recipe is never reused."""
 
 
 def build_tiny_model(
@@ -47,13 +49,6 @@ def build_tiny_model(
     Returns ``out_dir``, loadable by ``AutoTokenizer.from_pretrained`` and
     ``AutoModelForCausalLM.from_pretrained``.
     """
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
-    from ..tools.filings import tool_specs
-    from .pretrain import pretrain_lookup
-    from .tokenizer import corpus_documents, find_metric_labels, train_tokenizer
-
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     if not corpus_dir.is_dir():
         raise UserError(f"{corpus_dir}: corpus directory not found (pass --corpus DIR, e.g. data/corpus)")
@@ -103,8 +98,6 @@ def _check_reload(tokenizer, out_dir: Path) -> None:
     transformers loads ``qwen2`` checkpoints through its own Qwen2Tokenizer class, which rebuilds
     parts of the backend; a mismatch would silently put the training and the rollouts on different ids.
     """
-    from transformers import AutoTokenizer
-
     loaded = AutoTokenizer.from_pretrained(out_dir)
     probe = (
         "<|im_start|>user\nWhat was Henderson Industries' Q3 2025 operating margin?<|im_end|>\n"
@@ -115,4 +108,4 @@ def _check_reload(tokenizer, out_dir: Path) -> None:
         raise RuntimeError(f"{out_dir}: the saved tokenizer reloads with a different encoding; report this")
 
 
-__all__ = ["RECIPE", "TINY_SHAPE", "build_tiny_model"]
+__all__ = ["TINY_SHAPE", "build_tiny_model"]

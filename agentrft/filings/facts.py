@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..errors import UserError
+
 # The highlight labels, in the order a filing lists them. They are the only wording used for these
 # metrics anywhere in the corpus (highlights, statements, press releases), so an exact-label search
 # and a copied answer always line up.
@@ -184,8 +186,6 @@ def possessive(name: str) -> str:
 
 def select_companies(companies: int) -> tuple[Company, ...]:
     if not 2 <= companies <= MAX_COMPANIES:
-        from ..errors import UserError
-
         raise UserError(f"--companies must be between 2 and {MAX_COMPANIES}, got {companies}")
     return COMPANIES[:companies]
 

@@ -1,8 +1,10 @@
-"""The running example's tools over a corpus of filings: search, list, read.
+"""The corpus tools: search, list and read over a folder of documents (``agentrft tools serve --corpus``).
 
 The signatures and docstrings below are the only place the tools' schema is written: ``tool_specs()``
-and the server both derive it from them. Tool-level problems (an empty query, an unknown path) come
-back as text starting ``Error: `` so the model can read them and try again.
+and the server both derive it from them, and every row ``data synth``, ``data adapt`` and ``data
+generate`` write carries it, so its wording is data (the running example's warm-start cache is keyed
+by its rows). Tool-level problems (an empty query, an unknown path) come back as text starting
+``Error: `` so the model can read them and try again.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..schema import ToolSpec
 from .corpus import Corpus, PathError
 from .registry import ToolRegistry, make_tool
+from .search_index import QueryBatcher, SearchIndex
 
 MAX_TOP_K = 10
 SNIPPET_CHARS = 300
 
 
-class FilingsTools:
+class CorpusTools:
     """The three research tools bound to one corpus directory."""
 
     def __init__(self, corpus_dir: str | Path, read_budget: int = 8000, *, embed: bool = True,
@@ -32,10 +36,8 @@ class FilingsTools:
         self._batcher = None
         self._lock = threading.Lock()
 
-    def prepare(self) -> FilingsTools:
+    def prepare(self) -> CorpusTools:
         """Read the corpus and build (or load) the search index; servers call this before serving."""
-        from .search_index import QueryBatcher, SearchIndex
-
         with self._lock:
             if self._index is None:
                 self._corpus = Corpus(self.corpus_dir)
@@ -131,10 +133,18 @@ def _format_hits(hits: list) -> str:
 
 def tool_specs() -> list[dict[str, Any]]:
     """OpenAI function specs of the three tools, derived from the signatures above."""
-    from transformers.utils import get_json_schema
+    from transformers.utils import get_json_schema  # heavy: transformers
 
-    probe = FilingsTools.__new__(FilingsTools)
+    probe = CorpusTools.__new__(CorpusTools)
     specs = [get_json_schema(getattr(probe, name)) for name in ("search", "list", "read")]
     for spec in specs:
         spec["function"].pop("return", None)
     return specs
+
+
+def row_tool_specs() -> list[ToolSpec]:
+    """The three tools' specs as a row's ``tools`` list carries them."""
+    return [ToolSpec.model_validate(spec) for spec in tool_specs()]
+
+
+__all__ = ["CorpusTools", "cut_to_budget", "row_tool_specs", "tool_specs"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agentrft.jsonl import read_models
-from agentrft.model.prompts import READ_BUDGET_CHARS
+from agentrft.filings.model.prompts import READ_BUDGET_CHARS
 from agentrft.schema import Row
 
 TOKEN = "sft-test-token"
@@ -20,7 +20,7 @@ TOKEN = "sft-test-token"
 @pytest.fixture(scope="module")
 def tiny_tools(corpus_dir: Path):
     """The real tool server with the tiny model's read budget."""
-    from agentrft.tools.testing import running_server
+    from agentrft.tools.local_server import running_server
 
     with running_server(corpus_dir=corpus_dir, token=TOKEN, read_budget=READ_BUDGET_CHARS) as url:
         yield url
@@ -33,7 +33,7 @@ def train_rows(synth_dir: Path) -> list[Row]:
 
 @pytest.fixture(scope="module")
 def demos(train_rows: list[Row], tiny_tools: str):
-    from agentrft.model.sft import WarmStartSettings, collect_demonstrations
+    from agentrft.filings.model.warm_start import WarmStartSettings, collect_demonstrations
 
     return collect_demonstrations(train_rows[:40], tiny_tools, TOKEN, WarmStartSettings(seed=0))
 
@@ -46,7 +46,7 @@ def tokenizer(tiny_model_dir: Path):
 
 
 def test_demonstrations_mix_strategies_and_classify_back(demos, train_rows: list[Row]) -> None:
-    from agentrft.model.scripted import classify_strategy
+    from agentrft.filings.model.scripted import classify_strategy
 
     by_id = {row.id: row for row in train_rows}
     counts = Counter(d.strategy for d in demos)
@@ -72,7 +72,7 @@ def _masked_text(tokenizer, example: dict) -> str:
 def test_loss_mask_covers_exactly_the_generated_turns(demos, tokenizer) -> None:
     import json
 
-    from agentrft.model.sft import encode_example
+    from agentrft.sft import encode_example
 
     for demo in demos[:10]:
         example = encode_example(tokenizer, demo.messages, demo.tools)
@@ -88,9 +88,9 @@ def test_loss_mask_covers_exactly_the_generated_turns(demos, tokenizer) -> None:
 
 
 def test_drills_train_on_a_fresh_answer_only(demos, tokenizer) -> None:
-    from agentrft.data.facts import METRIC_LABELS
-    from agentrft.model.drills import drill_sources, make_drills
-    from agentrft.model.sft import encode_example
+    from agentrft.filings.facts import METRIC_LABELS
+    from agentrft.filings.model.drills import drill_sources, make_drills
+    from agentrft.sft import encode_example
 
     sources = drill_sources(demos, METRIC_LABELS)
     assert sources
@@ -115,10 +115,10 @@ def test_drills_train_on_a_fresh_answer_only(demos, tokenizer) -> None:
 
 
 def test_lookup_pairs_point_a_drill_answer_at_its_figure_in_the_read(demos, tokenizer) -> None:
-    from agentrft.data.facts import METRIC_LABELS
-    from agentrft.model.drills import drill_from, drill_sources
-    from agentrft.model.pretrain import lookup_pairs, number_token_ids
-    from agentrft.model.sft import encode_example
+    from agentrft.filings.facts import METRIC_LABELS
+    from agentrft.filings.model.drills import drill_from, drill_sources
+    from agentrft.filings.model.pretrain import lookup_pairs, number_token_ids
+    from agentrft.sft import encode_example
 
     numbers = number_token_ids(tokenizer)
     checked = 0
@@ -137,10 +137,10 @@ def test_lookup_pairs_point_a_drill_answer_at_its_figure_in_the_read(demos, toke
 
 
 def test_query_drills_search_for_the_company_and_period_their_question_names(demos, tokenizer) -> None:
-    from agentrft.data.facts import COMPANIES, METRIC_LABELS, Period
-    from agentrft.model.drills import make_query_drills, query_sources
-    from agentrft.model.pretrain import lookup_pairs, name_token_ids
-    from agentrft.model.sft import encode_example
+    from agentrft.filings.facts import COMPANIES, METRIC_LABELS, Period
+    from agentrft.filings.model.drills import make_query_drills, query_sources
+    from agentrft.filings.model.pretrain import lookup_pairs, name_token_ids
+    from agentrft.sft import encode_example
 
     companies = [c.name for c in COMPANIES]
     sources = query_sources(demos, companies, [label.lower() for label in METRIC_LABELS.values()])
@@ -170,13 +170,13 @@ def test_query_drills_search_for_the_company_and_period_their_question_names(dem
 def test_short_warm_start_trains_on_assistant_tokens_and_saves(
     demos, tokenizer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from agentrft.model.sft import WarmStartSettings, build_examples, train_on_examples
+    from agentrft.filings.model.warm_start import WarmStartSettings, build_examples, train_on_examples_with_lookup
 
     settings = WarmStartSettings(epochs=1, max_steps=2, batch_size=4, drills_per_demo=0.25, query_drills_per_demo=0.5)
     examples, n_drills = build_examples(tokenizer, demos[:12], settings)
     assert n_drills == 3 + 6 and len(examples) == 12 + 9 + 12  # demonstrations, drills, look-up tables
     assert all("lookup_pairs" in e for e in examples)
-    trainer, loss = train_on_examples(tiny_model_dir, examples, tmp_path / "warm", settings)
+    trainer, loss = train_on_examples_with_lookup(tiny_model_dir, examples, tmp_path / "warm", settings)
     assert trainer.state.global_step == 2 and loss is not None
     # The trainer's dataset: labels are -100 everywhere except where our mask is 1.
     for example, row in zip(examples, trainer.train_dataset):
@@ -190,11 +190,11 @@ def test_short_warm_start_trains_on_assistant_tokens_and_saves(
 
 def test_max_seconds_stops_training_before_the_schedule_ends(demos, tokenizer, tiny_model_dir: Path, tmp_path: Path) -> None:
     """A baseline given a wall-time budget stops at it, wherever the schedule is, and still saves."""
-    from agentrft.model.sft import WarmStartSettings, build_examples, train_on_examples
+    from agentrft.filings.model.warm_start import WarmStartSettings, build_examples, train_on_examples_with_lookup
 
     settings = WarmStartSettings(epochs=1, batch_size=2, drills_per_demo=0.0, query_drills_per_demo=0.0)
     examples, _ = build_examples(tokenizer, demos[:20], settings)
-    trainer, _ = train_on_examples(tiny_model_dir, examples, tmp_path / "short", settings, max_seconds=1e-6)
+    trainer, _ = train_on_examples_with_lookup(tiny_model_dir, examples, tmp_path / "short", settings, max_seconds=1e-6)
     assert trainer.state.global_step == 1 < trainer.state.max_steps  # the budget is spent after one step
     assert (tmp_path / "short" / "config.json").is_file()
 
@@ -203,13 +203,13 @@ def test_generated_tool_calls_parse_after_a_few_steps(demos, tokenizer, tiny_mod
     """Overfit a handful of demonstrations, then sample: what the model writes parses as tool calls."""
     import torch
 
-    from agentrft.model.sft import WarmStartSettings, build_examples, train_on_examples
+    from agentrft.filings.model.warm_start import WarmStartSettings, build_examples, train_on_examples_with_lookup
 
     settings = WarmStartSettings(epochs=80, batch_size=2, drills_per_demo=0.0, lookup_tables_per_demo=0.0, lookup_supervision=0.0,
                                  learning_rate=3e-3)
     good = [d for d in demos if d.strategy == "good"][:4]
     examples, _ = build_examples(tokenizer, good, settings)
-    trainer, _ = train_on_examples(tiny_model_dir, examples, tmp_path / "overfit", settings)
+    trainer, _ = train_on_examples_with_lookup(tiny_model_dir, examples, tmp_path / "overfit", settings)
     model = trainer.model.eval()
     prompt = tokenizer.apply_chat_template(good[0].messages[:2], tools=good[0].tools, tokenize=False,
                                            add_generation_prompt=True)
@@ -223,7 +223,7 @@ def test_generated_tool_calls_parse_after_a_few_steps(demos, tokenizer, tiny_mod
 
 
 def test_cache_hits_only_on_the_same_key(tmp_path: Path, tiny_model_dir: Path, synth_dir: Path) -> None:
-    from agentrft.model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
+    from agentrft.filings.model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
 
     rows = synth_dir / "research_train.jsonl"
     key = warm_start_key_parts(0, synth_dir / "corpus", rows, {"epochs": 8})
@@ -234,6 +234,19 @@ def test_cache_hits_only_on_the_same_key(tmp_path: Path, tiny_model_dir: Path, s
     assert cached_warm_model(tmp_path, warm_start_key_parts(0, synth_dir / "corpus", rows, {"epochs": 9})) is None
     assert cached_warm_model(tmp_path, {**key, "agentrft_version": "0.0.0"}) is None
     assert cached_warm_model(tmp_path, {**key, "rows_sha256": "0" * 64}) is None
+
+
+def test_the_demo_cache_key_is_unchanged(tmp_path: Path) -> None:
+    """The key ``agentrft demo`` looks its warm-started model up by (seed 0, the default settings, the corpus
+    and rows of ``data synth --seed 0``). It changes only on purpose — a new recipe, setting, prompt, tool
+    wording or version — never because code moved: a changed key costs every user a fresh warm start."""
+    from agentrft.filings.model.cache import cache_key, warm_start_key_parts
+    from agentrft.filings.model.warm_start import WarmStartSettings
+    from agentrft.filings.synth import synth
+
+    summary = synth(tmp_path, seed=0)
+    parts = warm_start_key_parts(0, tmp_path / "corpus", summary.train_path, WarmStartSettings(seed=0).model_dump())
+    assert cache_key(parts) == "94a2258145c59914a080e17b490b5a2f", parts
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -258,7 +271,7 @@ def test_strategy_shares_name_what_each_rollout_did(train_rows: list[Row], tiny_
 
     from agentrft.agent import RolloutSettings, rollout
     from agentrft.agent.testing import ScriptedLocalPolicy, tool_call_text
-    from agentrft.model.measure import STRATEGIES, strategy_shares
+    from agentrft.filings.model.measure import STRATEGIES, strategy_shares
 
     rows = [row for row in train_rows if row.metadata.task_type == "numerical_qa"][:4]
     plan = dict(zip((row.prompt for row in rows), ("good", "hasty", "wandering", "no_answer"), strict=True))
@@ -284,9 +297,9 @@ def test_measured_strategies_are_kept_with_the_warm_start(train_rows: list[Row],
                                                           tmp_path: Path, capsys) -> None:
     import shutil
 
-    from agentrft.model.cli import _measure_strategies
-    from agentrft.model.measure import STRATEGIES
-    from agentrft.model.sft import WarmStartResult, WarmStartSettings
+    from agentrft.filings.model.cli import _measure_strategies
+    from agentrft.filings.model.measure import STRATEGIES
+    from agentrft.filings.model.warm_start import WarmStartResult, WarmStartSettings
 
     after = tmp_path / "warm"
     shutil.copytree(tiny_model_dir, after)

@@ -2,8 +2,9 @@
 
 An entry is a directory named by the hash of its key parts (seed, agentrft version, hashes of the
 corpus and rows, the warm-start settings, the version of the search ranking its demonstrations were
-recorded against) holding the saved model and ``cache_key.json`` with the parts in full. A lookup returns an entry only when the stored parts equal the requested ones, so a
-changed seed, version, corpus or setting never picks up a stale model. Entries are written to a
+recorded against) holding the saved model and ``cache_key.json`` with the parts in full. A lookup
+returns an entry only when the stored parts equal the requested ones, so a changed seed, version,
+corpus or setting never picks up a stale model. Entries are written to a
 temporary directory and renamed into place, so an interrupted store leaves nothing half-written.
 """
 
@@ -16,6 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ... import __version__
+from ...tools.search_index import RANKING_VERSION
+from .prompts import MAX_NEW_TOKENS, READ_BUDGET_CHARS, SEARCH_TOP_K, SYSTEM_PROMPT
+
+RECIPE = 5
+"""Version of the recipe (tokenizer, shape, pretraining, and the warm start's drills); part of the
+demo's cache key, so a model built or warm-started by another recipe is never reused."""
 KEY_FILE = "cache_key.json"
 MODEL_DIR = "model"
 
@@ -47,11 +55,6 @@ def warm_start_key_parts(
     seed: int, corpus_dir: Path, rows_path: Path, settings: dict[str, Any]
 ) -> dict[str, Any]:
     """The key parts of a warm-started tiny model: what, if changed, must invalidate it."""
-    from .. import __version__
-    from ..tools.search_index import RANKING_VERSION
-    from .prompts import MAX_NEW_TOKENS, READ_BUDGET_CHARS, SEARCH_TOP_K, SYSTEM_PROMPT
-    from .tiny import RECIPE
-
     return {
         "kind": "tiny-warm-start",
         "seed": seed,
@@ -98,4 +101,4 @@ def store_warm_model(cache_root: Path, key_parts: dict[str, Any], model_dir: Pat
     return entry / MODEL_DIR
 
 
-__all__ = ["cache_key", "cached_warm_model", "hash_paths", "store_warm_model", "warm_start_key_parts"]
+__all__ = ["RECIPE", "cache_key", "cached_warm_model", "hash_paths", "store_warm_model", "warm_start_key_parts"]

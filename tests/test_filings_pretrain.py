@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrft.model import pretrain
+from agentrft.filings.model import pretrain
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,13 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
+from ...hardware import cpu_has_native_bf16
+from ...sft import causal_lm_loss, mask_spans
+from .drills import random_figure
+from .tokenizer import DECIMALS, DIGIT_CHUNKS
+
 INDUCTION_LENGTH = 96
 """Tokens in each induction sequence."""
 BATCH = 32
@@ -47,16 +54,12 @@ LOOKUP_HEAD = (1, 0)
 
 def _figure(label: str, rng: random.Random) -> str:
     """A random figure in the corpus's format for ``label``: ``13.4%`` for margins, ``$842M`` or ``$1.43B``."""
-    from .drills import random_figure
-
     like = "0.0%" if "margin" in label.lower() else ("$1.00B" if rng.random() < 0.15 else "$1M")
     return random_figure(like, rng)
 
 
 def _induction_batch(first_id: int, vocab: int, gen: Any, rng: random.Random, batch: int) -> tuple[Any, Any, Any]:
     """Random ids with planted repeats; LM labels on repeated tokens; the induction head's target positions."""
-    import torch
-
     ids = torch.randint(first_id, vocab, (batch, INDUCTION_LENGTH), generator=gen)
     length = INDUCTION_LENGTH
     for b in range(batch):
@@ -85,38 +88,8 @@ def _attention_nll(attention: Any, target: Any) -> Any:
     return -(attention[rows, queries, target[rows, queries]] + 1e-6).log().mean()
 
 
-def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items: Any = None,
-                   output_attentions: bool = False) -> tuple[Any, Any]:
-    """The causal-LM cross-entropy of ``model(**inputs)`` (``inputs`` hold ``labels``) and the model's outputs.
-
-    The same value as the model's own loss (mean over the labels that are not -100, or their sum over
-    ``num_items`` as the Trainer passes it), but the LM head runs only on the positions that predict a
-    label. In pretraining and the warm start 15-25% of positions carry one, and on the tiny model the
-    head over a 4.5k vocabulary is ~40% of the arithmetic of a step (measured: a look-up pretraining
-    step 0.41 → 0.27 s). Other model types go through the model's own loss."""
-    import torch.nn.functional as F
-
-    from ..agent.lean_step import FAMILY  # logits exactly lm_head(h): the head may run on labelled positions alone
-
-    if getattr(model.config, "model_type", None) not in FAMILY:
-        kwargs = {"num_items_in_batch": num_items} if num_items is not None else {}
-        out = model(**inputs, output_attentions=output_attentions, use_cache=False, **kwargs)
-        return out.loss, out
-    inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    out = model.get_decoder()(**inputs, output_attentions=output_attentions, use_cache=False)
-    targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
-    where = targets != -100
-    logits = model.get_output_embeddings()(out.last_hidden_state[where]).float()
-    loss = F.cross_entropy(logits, targets[where], reduction="sum")
-    count = num_items if num_items is not None else where.sum().clamp(min=1)
-    return loss / count, out
-
-
 def _induction_loss(model: Any, batch: tuple[Any, Any, Any]) -> Any:
     """LM loss on the repeats plus the supervision of the previous-token and induction heads."""
-    import torch
-
     ids, labels, target = batch
     loss, out = causal_lm_loss(model, {"input_ids": ids, "labels": labels}, output_attentions=True)
     previous = (torch.arange(ids.shape[1]) - 1).expand_as(ids)
@@ -126,8 +99,6 @@ def _induction_loss(model: Any, batch: tuple[Any, Any, Any]) -> Any:
 
 def number_token_ids(tokenizer: Any) -> set[int]:
     """Ids of the tokens a figure's digits are made of (digit chunks and decimals)."""
-    from .tokenizer import DECIMALS, DIGIT_CHUNKS
-
     ids = {tokenizer.convert_tokens_to_ids(t) for t in DIGIT_CHUNKS + DECIMALS}
     return ids - {tokenizer.unk_token_id, None}
 
@@ -140,20 +111,6 @@ def name_token_ids(tokenizer: Any, names: list[str]) -> dict[int, int]:
         if bare and spaced:
             out[bare[0]] = spaced[0]
     return out
-
-
-def mask_spans(mask: list[int]) -> list[tuple[int, int]]:
-    """``(start, end)`` of each contiguous run of ones in ``mask`` (end exclusive)."""
-    spans, i = [], 0
-    while i < len(mask):
-        if not mask[i]:
-            i += 1
-            continue
-        start = i
-        while i < len(mask) and mask[i]:
-            i += 1
-        spans.append((start, i))
-    return spans
 
 
 def lookup_pairs(ids: list[int], mask: list[int], numbers: set[int], same: dict[int, int] | None = None) -> list[int]:
@@ -196,8 +153,6 @@ def lookup_example(tokenizer: Any, labels: list[str], rng: random.Random) -> tup
 
 def pad_pairs(rows: list[list[int]]) -> Any:
     """``(batch, n, 2)`` tensor of look-up pairs, padded with -1."""
-    import torch
-
     n = max((len(r) // 2 for r in rows), default=0)
     return torch.tensor([r + [-1] * (2 * n - len(r)) for r in rows]).view(len(rows), n, 2)
 
@@ -213,8 +168,6 @@ def lookup_attention_nll(attention: Any, pairs: Any) -> Any:
 
 def _lookup_batch(tokenizer: Any, labels: list[str], rng: random.Random, batch: int,
                   numbers: set[int]) -> tuple[dict[str, Any], Any]:
-    import torch
-
     examples = [lookup_example(tokenizer, labels, rng) for _ in range(batch)]
     width = max(len(ids) for ids, _ in examples)
     pad = tokenizer.pad_token_id
@@ -242,10 +195,6 @@ def pretrain_lookup(
     """Train ``model`` in place: induction, then look-up; returns the losses every 100 steps of each stage.
 
     ``bf16``: autocast the matrix products to bfloat16; None: where the CPU does bf16 natively."""
-    import torch
-
-    from ..hardware import cpu_has_native_bf16
-
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     first = len(tokenizer.all_special_ids)  # ordinary tokens follow the special ones
@@ -289,5 +238,5 @@ def pretrain_lookup(
     return history
 
 
-__all__ = ["LOOKUP_HEAD", "causal_lm_loss", "lookup_attention_nll", "lookup_example", "lookup_pairs", "mask_spans", "number_token_ids",
-           "pad_pairs", "pretrain_lookup"]
+__all__ = ["LOOKUP_HEAD", "lookup_attention_nll", "lookup_example", "lookup_pairs", "name_token_ids",
+           "number_token_ids", "pad_pairs", "pretrain_lookup"]

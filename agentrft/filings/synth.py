@@ -5,8 +5,8 @@ quoting other periods) and ``out/research_train.jsonl`` / ``out/research_val.jso
 a function of ``(companies, seed)``: no clock, no set or dict-order dependence, so the same seed
 gives the same bytes.
 
-The ground truth is importable (``METRIC_LABELS``, ``build_filings``, ``filing_facts``) so other
-code can use the exact figures without parsing the HTML.
+The ground truth is importable (``facts.METRIC_LABELS``, ``facts.build_filings``, ``facts.filing_facts``)
+so other code can use the exact figures without parsing the HTML.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from ..data.split import Stratum, stratified_split
 from ..jsonl import write_models
 from ..schema import Expected, Row, RowMetadata, ToolSpec
+from ..tools.corpus_tools import row_tool_specs
 from .corpus_html import press_path, render_filing, render_press
-from .facts import METRIC_LABELS, Filing, Period, build_filings, filing_facts
+from .facts import Filing, Period, build_filings
 from .questions import ROWS_PER_COMPANY, Question, generate_questions
-from .split import Stratum, stratified_split
 
 TRAIN_FILE = "research_train.jsonl"
 VAL_FILE = "research_val.jsonl"
@@ -45,15 +45,6 @@ class SynthSummary:
     @property
     def val_path(self) -> Path:
         return self.out_dir / VAL_FILE
-
-
-def row_tool_specs() -> list[ToolSpec]:
-    """The filings tools' OpenAI specs as rows carry them (without get_json_schema's "return")."""
-    from ..tools.filings import tool_specs
-
-    specs: list[dict[str, Any]] = tool_specs()
-    cleaned = [{**spec, "function": {k: v for k, v in spec["function"].items() if k != "return"}} for spec in specs]
-    return [ToolSpec.model_validate(spec) for spec in cleaned]
 
 
 def write_corpus(filings: list[Filing], corpus_dir: Path, seed: int) -> int:
@@ -123,12 +114,4 @@ def synth(out_dir: Path, companies: int = 8, seed: int = 0) -> SynthSummary:
     return SynthSummary(out_dir, documents, len(train), len(val), split.counts)
 
 
-__all__ = [
-    "METRIC_LABELS",
-    "SynthSummary",
-    "build_filings",
-    "filing_facts",
-    "row_tool_specs",
-    "synth",
-    "synth_rows",
-]
+__all__ = ["SynthSummary", "synth", "synth_rows", "write_corpus"]

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from selectolax.lexbor import LexborHTMLParser
 
-from agentrft.data.facts import build_filings, filing_facts, format_money
-from agentrft.data.questions import normalise_prompt
+from agentrft.filings.facts import build_filings, filing_facts, format_money
+from agentrft.data.validate import normalise_prompt
 from agentrft.data.split import stratified_split
-from agentrft.data.synth import METRIC_LABELS, synth
+from agentrft.filings.synth import synth
+from agentrft.filings.facts import METRIC_LABELS
 from agentrft.data.validate import validate_files
 from agentrft.jsonl import read_models
 from agentrft.tools.corpus import html_to_text

@@ -25,7 +25,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..schema import Row
+from ...schema import Row, Trajectory
+from ...tools.client import ToolClient
+from ..facts import COMPANIES, METRIC_LABELS, STATEMENT_LABELS
 from .prompts import SEARCH_TOP_K, SYSTEM_PROMPT
 
 STRATEGIES = ("good", "hasty", "wandering")
@@ -60,8 +62,6 @@ class Demonstration:
 
 def highlight_label(row: Row) -> str | None:
     """The filing's label for the row's figure (``Net income``) when it is a highlight line, else None."""
-    from ..data.facts import METRIC_LABELS
-
     meta = row.metadata.model_dump()
     return METRIC_LABELS.get(str(meta.get("metric", ""))) if row.metadata.task_type == "numerical_qa" else None
 
@@ -77,8 +77,6 @@ def labelled(row: Row, figure: str) -> str:
 
 def metric_words(metric: str) -> str:
     """How a search query names a metric key from the row metadata (``operating_margin`` → words)."""
-    from ..data.facts import METRIC_LABELS, STATEMENT_LABELS
-
     if metric.startswith("segment:"):
         return f"{metric.split(':', 1)[1]} segment revenue"
     label = METRIC_LABELS.get(metric) or STATEMENT_LABELS.get(metric)
@@ -94,8 +92,6 @@ def period_words(period: str) -> str:
 
 
 def _company_names() -> dict[str, str]:
-    from ..data.facts import COMPANIES
-
     return {c.slug: c.name for c in COMPANIES}
 
 
@@ -231,7 +227,7 @@ async def make_demonstrations(
     return list(await asyncio.gather(*(one(*args) for args in zip(rows, strategies, rngs))))
 
 
-def http_tool_caller(client: Any) -> ToolCaller:
+def http_tool_caller(client: ToolClient) -> ToolCaller:
     """A ToolCaller over a ``ToolClient`` (the real tool server)."""
     counter = iter(range(1 << 62))
 
@@ -260,7 +256,7 @@ def classify_strategy(calls: list[tuple[str, dict[str, Any]]], row: Row, answere
     return "wandering"
 
 
-def trajectory_calls(trajectory: Any) -> list[tuple[str, dict[str, Any]]]:
+def trajectory_calls(trajectory: Trajectory) -> list[tuple[str, dict[str, Any]]]:
     """(name, args) of a Trajectory's tool calls."""
     return [(t.name, dict(t.args)) for t in trajectory.tool_calls]
 

@@ -24,10 +24,13 @@ import typer
 import yaml
 from rich.console import Console
 
-from .errors import UserError
+from ..errors import UserError
+from .model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
+from .model.measure import strategy_line
+from .model.prompts import READ_BUDGET_CHARS
 
 console = Console(highlight=False)
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the repository's examples/
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the repository's examples/
 GRADER = EXAMPLES / "graders" / "answer_and_tools.yaml"
 """0.8 × the numeric answer + 0.2 × tool use with the evidence read: the answer, and a little the way
 it was found; with a real model the numeric grader alone is the tutorial's choice."""
@@ -80,7 +83,7 @@ class Demo:
 
 def agentrft(*args: str | Path) -> None:
     """Run one agentrft command in this process, echoing it the way a user would type it."""
-    from .cli import main
+    from ..cli import main  # the CLI registers this module's command: imported when the demo runs
 
     argv = [str(a) for a in args]
     console.print(f"\n[bold cyan]$ agentrft {shlex.join(argv)}[/]")
@@ -102,9 +105,8 @@ def step(demo: Demo, title: str) -> Iterator[None]:
 @contextmanager
 def tool_server(demo: Demo) -> Iterator[str]:
     """Step 3: the real tool server, with the read budget the tiny model was built for."""
-    from .model.prompts import READ_BUDGET_CHARS
-    from .tools.server import create_app
-    from .tools.testing import build_registry, serve_app
+    from ..tools.local_server import build_registry, serve_app  # FastAPI and uvicorn: not for --help
+    from ..tools.server import create_app
 
     token = secrets.token_urlsafe(24)
     demo.token_file.write_text(token + "\n")
@@ -147,9 +149,7 @@ def train_on(demo: Demo, rows: Path) -> None:
 
 def warm_model(demo: Demo) -> Path:
     """The embedded default: build the tiny model and warm-start it, or reuse the cached one."""
-    from .model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
-    from .model.measure import strategy_line
-    from .model.sft import WarmStartResult, WarmStartSettings
+    from .model.warm_start import WarmStartResult, WarmStartSettings  # torch, TRL
 
     rows = demo.data / "research_train.jsonl"
     settings = WarmStartSettings(seed=demo.seed).model_dump()
@@ -221,7 +221,7 @@ def evaluate(demo: Demo, base: Path, val: Path) -> None:
     The last checkpoint, not the best by val reward: the val subset that picks the best checkpoint is
     drawn from the rows compared here, and choosing on them would flatter the tuned model.
     """
-    from .train.trainer import last_checkpoint
+    from ..train.trainer import last_checkpoint  # torch, TRL
 
     temperature = float(yaml.safe_load(demo.config.read_text())["temperature"])  # training's
     tuned = last_checkpoint(demo.run_dir)

@@ -1,18 +1,25 @@
-"""Commands of agentrft.model: ``agentrft model tiny`` (build) and ``agentrft sft`` (warm start)."""
+"""The running example's model commands: ``agentrft model tiny`` (build) and ``agentrft sft`` (warm start).
+
+Both load torch, transformers and TRL, so their modules are imported inside the commands."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
-from ..errors import UserError
+from ...errors import UserError
+from ...jsonl import read_models
+from ...schema import Row
+from ...tools.client import ToolServerUnavailable, read_token
+from .measure import measure_strategies, strategy_line
 
 if TYPE_CHECKING:
-    from ..schema import Row
-    from .sft import WarmStartResult
+    from .warm_start import WarmStartResult
 
 console = Console(highlight=False, emoji=False, soft_wrap=True)
 
@@ -32,7 +39,7 @@ def tiny_command(
     lookup_steps: int = typer.Option(300, min=0, help="Steps of look-up pretraining on synthetic highlight tables."),
 ) -> None:
     """Build the tiny model: corpus-trained tokenizer, Qwen2.5 chat template, ~1M-parameter Qwen2."""
-    import time
+    from transformers import AutoConfig, AutoTokenizer
 
     from .tiny import build_tiny_model
 
@@ -40,11 +47,7 @@ def tiny_command(
     console.print(f"Pretraining: {induction_steps} induction + {lookup_steps} look-up steps (a few minutes on 2 cores)")
     path = build_tiny_model(corpus, out, seed=seed, induction_steps=induction_steps, lookup_steps=lookup_steps,
                             log=lambda line: console.print(line, highlight=False))
-    from transformers import AutoConfig, AutoTokenizer
-
     config, tokenizer = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    import json
-
     info = json.loads((path / "agentrft_model.json").read_text())
     console.print(f"Built {config.model_type} model with {info['parameters']:,} parameters, vocabulary {len(tokenizer):,}")
     for stage, losses in info["pretrain_losses"].items():
@@ -68,18 +71,14 @@ def sft_command(
                                              help="Stop training after this much wall time (a baseline's budget)."),
 ) -> None:
     """Warm start ("fix the prior first"): SFT on scripted demonstrations of mixed quality."""
-    from ..jsonl import read_models
-    from ..schema import Row
-    from ..tools.cli import resolve_token
-    from ..tools.client import ToolServerUnavailable
-    from .sft import WarmStartSettings, warm_start
+    from .warm_start import WarmStartSettings, warm_start
 
     if not (model / "config.json").is_file():
         raise UserError(f"{model}: no config.json; pass a model directory (build one with 'agentrft model tiny')")
     row_list = read_models(rows, Row)
     if not row_list:
         raise UserError(f"{rows}: no rows to demonstrate on")
-    token = resolve_token(token_file, no_auth=True)
+    token = read_token(token_file)
     chosen = {key: value for key, value in (("epochs", epochs), ("learning_rate", learning_rate)) if value is not None}
     settings = WarmStartSettings(seed=seed, **chosen)
     console.print(f"Demonstrating on {len(row_list)} rows against {tools_url}, then {settings.epochs} epochs of SFT ...")
@@ -106,10 +105,6 @@ def _report(result: WarmStartResult, out: Path) -> None:
 def _measure_strategies(result: WarmStartResult, before: Path, after: Path, rows: list[Row], tools_url: str,
                         token: str | None, seed: int) -> None:
     """Strategy shares of sampled rollouts before and after the warm start, printed and kept in warm_start.json."""
-    import time
-
-    from .measure import measure_strategies, strategy_line
-
     samples, start = 4, time.perf_counter()
     shares = [measure_strategies(path, rows, tools_url, token, samples, seed) for path in (before, after)]
     record = after / "warm_start.json"

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.facts import Period
+from ..facts import Period
 from .scripted import Demonstration
 
 _HIGHLIGHT = re.compile(r"^(?P<indent>\s*)(?P<label>[A-Z][A-Za-z ]+): (?P<value>-?\$?-?[\d.,]+[%MB])$", re.M)

@@ -42,6 +42,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from transformers import PreTrainedTokenizerFast
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from ..facts import METRIC_LABELS
 from .prompts import SYSTEM_PROMPT
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -82,17 +83,12 @@ def corpus_documents(corpus_dir: Path) -> list[tuple[str, str]]:
 
 
 def find_metric_labels(docs: list[tuple[str, str]], min_docs: int = 2) -> list[str]:
-    """Labels of ``Label: figure`` lines that recur across documents (the filings' highlights)."""
+    """Labels of ``Label: figure`` lines that recur across documents (the filings' highlights), and the
+    generator's own labels."""
     seen: Counter[str] = Counter()
     for _, text in docs:
         seen.update({m.group(1) for line in text.splitlines() if (m := _LABEL_LINE.match(line))})
-    labels = {label for label, n in seen.items() if n >= min_docs}
-    try:  # the generator's own list, when the corpus is the generated one
-        from agentrft.data.synth import METRIC_LABELS
-
-        labels.update(METRIC_LABELS.values() if isinstance(METRIC_LABELS, dict) else METRIC_LABELS)
-    except ImportError:
-        pass
+    labels = {label for label, n in seen.items() if n >= min_docs} | set(METRIC_LABELS.values())
     return sorted(labels)
 
 

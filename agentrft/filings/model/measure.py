@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..schema import Row
-from .prompts import MAX_NEW_TOKENS, MAX_TOOL_CALLS, MAX_TRAJECTORY_TOKENS, TEMPERATURE
+from ...agent.loop import rollout
+from ...agent.settings import RolloutSettings
+from ...graders import default_grader, grade_all
+from ...jsonl import read_models
+from ...prior import summarise
+from ...schema import Row, Trajectory
+from ...tools.client import read_token
+from .prompts import MAX_NEW_TOKENS, MAX_TOOL_CALLS, MAX_TRAJECTORY_TOKENS, SYSTEM_PROMPT, TEMPERATURE
 from .scripted import classify_strategy, trajectory_calls
 
 STRATEGIES = ("good", "hasty", "wandering", "no_answer")
@@ -38,15 +44,15 @@ class Measurement:
     seconds: float
 
 
-def rollout_settings(temperature: float, seed: int) -> Any:
-    from ..agent.settings import RolloutSettings
-
+def rollout_settings(temperature: float, seed: int) -> RolloutSettings:
+    """The budgets and system prompt the tiny model was built for, at ``temperature``."""
     return RolloutSettings(
         max_tool_calls=MAX_TOOL_CALLS,
         max_trajectory_tokens=MAX_TRAJECTORY_TOKENS,
         max_new_tokens=MAX_NEW_TOKENS,
         temperature=temperature,
         seed=seed,
+        system_prompt=SYSTEM_PROMPT,
     )
 
 
@@ -55,12 +61,6 @@ def measure(
     samples_per_row: int = 1, seed: int = 0,
 ) -> Measurement:
     """Roll out ``policy`` on ``rows`` and summarise (greedy when ``temperature`` is 0)."""
-    import time
-
-    from ..agent.loop import rollout
-    from ..graders import default_grader, grade_all
-    from ..prior import summarise
-
     start = time.perf_counter()
     trajectories = rollout(rows, policy, tools_url, token, rollout_settings(temperature, seed),
                            samples_per_row=samples_per_row)
@@ -84,7 +84,7 @@ def measure(
     )
 
 
-def strategy_shares(rows: list[Row], trajectories: list[Any]) -> dict[str, float]:
+def strategy_shares(rows: list[Row], trajectories: list[Trajectory]) -> dict[str, float]:
     """Share of ``trajectories`` per strategy (good / hasty / wandering / no_answer), as the scripted
     demonstrations define them; every strategy appears, 0.0 where none followed it."""
     by_id = {row.id: row for row in rows}
@@ -104,18 +104,14 @@ def strategy_line(before: dict[str, float], after: dict[str, float]) -> str:
 def measure_strategies(model_dir: Path, rows: list[Row], tools_url: str, token: str | None, samples: int,
                        seed: int = 0) -> dict[str, float]:
     """Strategy shares of ``samples`` rollouts per row of the model in ``model_dir``, at the training temperature."""
-    from ..agent.local import LocalPolicy
-    from ..agent.loop import rollout
-
+    from ...agent.local import LocalPolicy  # torch
     trajectories = rollout(rows, LocalPolicy.from_pretrained(model_dir), tools_url, token,
                            rollout_settings(TEMPERATURE, seed), samples_per_row=samples)
     return strategy_shares(rows, trajectories)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..agent.local import LocalPolicy
-    from ..jsonl import read_models
-
+    from ...agent.local import LocalPolicy  # torch
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model")
     parser.add_argument("rows")
@@ -130,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     rows = read_models(Path(args.rows), Row)[: args.limit]
     policy = LocalPolicy.from_pretrained(args.model)
-    token = os.environ.get("TOOL_BEARER")
+    token = read_token()
     greedy = measure(policy, rows, args.tools_url, token, 0.0, 1, args.seed)
     sampled = measure(policy, rows, args.tools_url, token, args.temperature, args.samples, args.seed)
     print(json.dumps({"greedy": asdict(greedy), "sampled": asdict(sampled)}, indent=2))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agentrft.model.prompts import SYSTEM_PROMPT
-from agentrft.tools.filings import tool_specs
+from agentrft.filings.model.prompts import SYSTEM_PROMPT
+from agentrft.tools.corpus_tools import tool_specs
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_demonstration_tool_calls_parse_with_the_response_parser(tokenizer) -> N
 
 def test_build_refuses_a_missing_corpus(tmp_path: Path) -> None:
     from agentrft.errors import UserError
-    from agentrft.model.tiny import build_tiny_model
+    from agentrft.filings.model.tiny import build_tiny_model
 
     with pytest.raises(UserError, match="corpus directory not found"):
         build_tiny_model(tmp_path / "nope", tmp_path / "out")

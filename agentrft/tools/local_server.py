@@ -1,4 +1,5 @@
-"""A real tool server on a free loopback port, in a background thread, for tests and scripts.
+"""Any ASGI app (a tool server, serve's API) on a free loopback port in a background thread, for the length
+of a ``with`` block: the demo's tool server, tests, benches and scripts.
 
 Example::
 
@@ -16,18 +17,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import uvicorn
+
+from .corpus_tools import CorpusTools
 from .registry import ToolRegistry
 from .server import create_app
 
 
 def build_registry(corpus_dir: str | Path | None = None, tools: object = None, read_budget: int = 8000,
                    embed: bool = True, cache_dir: Path | None = None) -> ToolRegistry:
-    """The filings tools over ``corpus_dir`` and/or the given tools, in one registry."""
-    from .filings import FilingsTools
-
+    """The corpus tools over ``corpus_dir`` and/or the given tools, in one registry."""
     registry = ToolRegistry()
     if corpus_dir is not None:
-        registry.merge(FilingsTools(corpus_dir, read_budget, embed=embed, cache_dir=cache_dir).registry())
+        registry.merge(CorpusTools(corpus_dir, read_budget, embed=embed, cache_dir=cache_dir).registry())
     if tools is not None:
         registry.merge(ToolRegistry.from_tools(tools))
     if not registry.tools:
@@ -47,8 +49,6 @@ def running_server(corpus_dir: str | Path | None = None, tools: object = None, t
 @contextlib.contextmanager
 def serve_app(app: object, startup_timeout_s: float = 60.0) -> Iterator[str]:
     """Run any ASGI app with uvicorn in a background thread on a free loopback port."""
-    import uvicorn
-
     # proto must say TCP: asyncio only sets TCP_NODELAY on accepted sockets whose proto is
     # IPPROTO_TCP, and without it every keep-alive reply waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -71,3 +71,6 @@ def serve_app(app: object, startup_timeout_s: float = 60.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+__all__ = ["build_registry", "running_server", "serve_app"]

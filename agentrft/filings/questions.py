@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from ..data.validate import normalise_prompt
 from .facts import METRIC_LABELS, PERCENT_METRICS, Filing, format_money, format_percent, possessive, round_pct
 
 LOOKUP_TOLERANCE = 0.005
@@ -220,12 +221,6 @@ def _which_higher(group: list[Filing], metric: str, difficulty: str, rng: random
         evidence_path=best.path, company=best.company.slug, period=period.key, metric=metric, fact_key=prompt,
         extra={"companies": ",".join(f.company.slug for f in group)},
     )
-
-
-def normalise_prompt(prompt: str) -> str:
-    """Case, whitespace and punctuation folded: the key for duplicate and leakage checks."""
-    kept = "".join(ch.lower() if ch.isalnum() else " " for ch in prompt)
-    return " ".join(kept.split())
 
 
 Generator = Callable[[list[Filing], random.Random], Iterator[Question]]

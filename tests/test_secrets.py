@@ -56,7 +56,7 @@ def test_allow_no_key_serves_with_a_warning(tmp_path: Path, capsys: pytest.Captu
         model = type("M", (), {"config": type("C", (), {"max_position_embeddings": 512})()})()
 
     started: list[dict] = []
-    monkeypatch.setattr(LocalPolicy, "from_pretrained", classmethod(lambda cls, path: Stub()))
+    monkeypatch.setattr(LocalPolicy, "from_pretrained", classmethod(lambda cls, path, **kw: Stub()))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw))
     argv = ["serve", "--model", "m", "--tools-url", "http://127.0.0.1:9", "--traces", str(tmp_path / "t")]
     main([*argv, "--host", "0.0.0.0", "--allow-no-key"])

@@ -21,6 +21,11 @@ from agentrft.jsonl import read_models
 from agentrft.schema import EvalRecord, PriorResult, Row, Trajectory
 from agentrft.tools.local_server import running_server
 
+
+def question(messages: list[dict]) -> str:
+    """The row's prompt: the first user message (a system prompt may come before it)."""
+    return next(m["content"] for m in messages if m["role"] == "user")
+
 TATQA = Path(__file__).parent / "data" / "benchmarks" / "tatqa_sample.json"
 KINDS = ("numeric", "span", "multi_span")
 
@@ -55,11 +60,11 @@ def researcher(rows: dict[str, Row]):
     def script(messages: list[dict[str, Any]]) -> dict[str, Any]:
         tools = [m for m in messages if m["role"] == "tool"]
         if not tools:
-            return {"tool_calls": [("search", json.dumps({"query": messages[1]["content"], "top_k": 1}))]}
+            return {"tool_calls": [("search", json.dumps({"query": question(messages), "top_k": 1}))]}
         if len(tools) == 1:
             path = tools[0]["content"].split(" (score")[0]
             return {"tool_calls": [("read", json.dumps({"path": path}))]}
-        return {"content": f"From the report: {rows[messages[1]['content']].reference_answer}."}
+        return {"content": f"From the report: {rows[question(messages)].reference_answer}."}
 
     return script
 

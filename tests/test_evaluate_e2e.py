@@ -81,8 +81,8 @@ def test_eval_writes_one_record_per_row_and_sample_with_its_trace(evaluations: d
             assert rec.difficulty == by_id[rec.id].metadata.difficulty
             assert rec.reward is None or 0.0 <= rec.reward <= 1.0
             assert rec.reason  # every grade says why
-            # The prompt went in as the user message, under the running example's system prompt.
-            assert trajectory.turns[1].content == by_id[rec.id].prompt
+            # The config gives no system prompt, so none is sent: the row's prompt opens the conversation.
+            assert trajectory.turns[0].content == by_id[rec.id].prompt
 
 
 def test_eval_resumes_where_it_stopped(evaluations: dict) -> None:

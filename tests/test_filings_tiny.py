@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agentrft.filings.model.prompts import SYSTEM_PROMPT
 from agentrft.tools.corpus_tools import tool_specs
@@ -117,3 +118,9 @@ def test_build_refuses_a_missing_corpus(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="corpus directory not found"):
         build_tiny_model(tmp_path / "nope", tmp_path / "out")
+
+
+def test_the_demo_config_sends_the_prompt_the_tiny_model_was_warm_started_with() -> None:
+    """The core sends no system prompt of its own, so the demo's config must carry the tiny model's."""
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "tiny_config.yaml").read_text())
+    assert config["system_prompt"] == SYSTEM_PROMPT

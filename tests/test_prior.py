@@ -15,6 +15,11 @@ from agentrft.prior import bucket_of, decide, summarise
 from agentrft.schema import Grade, PriorResult, Row, Trajectory
 from conftest import TOOL_TOKEN
 
+
+def question(messages: list[dict]) -> str:
+    """The row's prompt: the first user message (a system prompt may come before it)."""
+    return next(m["content"] for m in messages if m["role"] == "user")
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -64,11 +69,11 @@ def test_prior_check_against_an_endpoint(tmp_path, val_rows, tool_server, monkey
 
     def script(messages):
         if not any(m["role"] == "tool" for m in messages):
-            return {"tool_calls": [("search", json.dumps({"query": messages[1]["content"]}))]}
-        index, reference = by_prompt[messages[1]["content"]]
+            return {"tool_calls": [("search", json.dumps({"query": question(messages)}))]}
+        index, reference = by_prompt[question(messages)]
         with lock:
-            answered[messages[1]["content"]] += 1
-            k = answered[messages[1]["content"]]
+            answered[question(messages)] += 1
+            k = answered[question(messages)]
         right = index < 2 or (index < 4 and k <= 2)
         return {"content": reference if right else "I do not know."}
 

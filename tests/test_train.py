@@ -291,12 +291,17 @@ def test_resume_after_kill_has_no_gap_or_duplicate(
     assert proc.returncode == -signal.SIGKILL, output
     before = [r.step for r in read_metrics(metrics)]
     assert 3 in before and 4 not in before
+    # A kill in the middle of a checkpoint write leaves a folder with weights but no trainer state.
+    partial = tmp_path / "run" / "checkpoints" / "checkpoint-4"
+    partial.mkdir(exist_ok=True)
+    (partial / "model.safetensors").write_bytes(b"cut short")
 
     # The resumed run also goes through the accelerate launcher (one process on CPU).
     relaunch = command + ["--resume", "--launcher", "accelerate", "--num-processes", "1"]
     done = subprocess.run(relaunch, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resume: continuing from checkpoint-2" in done.stdout
+    assert (partial / "trainer_state.json").is_file()  # written again, whole, by the resumed run
     steps = [r.step for r in read_metrics(metrics)]
     assert steps == [0, 1, 2, 3, 4], steps
     assert "done: 4 steps" in done.stdout

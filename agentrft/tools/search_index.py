@@ -93,9 +93,8 @@ def load_embedder() -> tuple[Any, str]:
 def _fast_matmuls():
     """bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else nothing.
 
-    Measured on this project's 2-core AVX512-BF16 machine: a batch of 64 queries embeds 3x faster
-    (3.3 vs 11.2 ms per query) and the embeddings keep cosine 0.99998 with the fp32 ones, so the
-    fp32 chunk embeddings in the cache stay valid.
+    Queries embed several times faster there, and the embeddings stay so close to the fp32 ones
+    (cosine ~1) that the fp32 chunk embeddings in the cache stay valid (``bench/RESULTS.md``).
     """
     import torch
 

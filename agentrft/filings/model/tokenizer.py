@@ -1,7 +1,7 @@
 """A byte-level BPE tokenizer trained on the corpus, wrapped with the Qwen2.5 chat template TRL ships.
 
 Three choices here make copying a figure out of a tool result learnable for a ~1M-parameter model
-(each measured on the running example; without them val success stayed at a few percent):
+(without them the model answered few val rows right; ``bench/RESULTS.md``):
 
 - numbers are cut into chunks of up to three digits, left to right (`1,430` is `1` `,` `430`), and a
   decimal with up to three digits is one token (`27.5`, `1.43`), so a figure is copied chunk by chunk

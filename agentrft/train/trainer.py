@@ -8,9 +8,10 @@ config                 GRPOTrainer / GRPOConfig
 group_size             ``num_generations`` (rollouts per prompt; advantages are group-relative)
 kl_coef                ``beta`` — KL to a frozen reference; with LoRA the reference is the base
                        model with adapters switched off, so it costs no extra weight memory
-batch_size             prompts per optimizer step: ``generation_batch_size = batch_size × group_size``
-                       trajectories, split into ``micro_batch_size`` chunks by gradient accumulation,
-                       generated once per step (on-policy: no stale-sample importance weights)
+batch_size             prompts per optimizer step: ``batch_size × group_size`` trajectories, split
+                       into ``micro_batch_size`` chunks by gradient accumulation
+updates_per_batch      ``num_iterations`` — optimizer steps on each generation batch; 1 (the default)
+                       is on-policy, above 1 the later steps are off-policy and clipped
 lora                   ``peft_config`` (peft ``LoraConfig``)
 temperature            ``temperature`` — TRL divides logits by it when it scores the sampled tokens,
                        so it must equal the sampling temperature of the rollouts
@@ -19,9 +20,9 @@ temperature            ``temperature`` — TRL divides logits by it when it scor
 Rollouts are not TRL's: ``rollout.AgentRollouts`` runs agentrft's agent loop and returns the loss
 mask that keeps tool output out of the gradient.
 
-On GPUs: ``bf16`` is on by default when CUDA is present, and gradient checkpointing with it. On a
-CPU the log-probs TRL's loss asks for come from ``logprobs.install_compact_logprobs`` (TRL's own head
-scores every padded position there), with the backbone in bf16 autocast where the CPU has it.
+On GPUs: ``bf16`` unless the config turns it off, and gradient checkpointing. On a CPU the log-probs
+TRL's loss asks for come from ``logprobs.install_compact_logprobs`` (TRL's own head scores every padded
+position there), with the backbone in bf16 autocast where the CPU has it.
 
 Rollouts come from the model being trained (``LocalPolicy``) or, with ``use_vllm``, from vLLM servers
 (``vllm_rollouts.VLLMRollouts``): agentrft starts one from ``.venv-vllm`` for the run (on the training GPU,

@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..hardware import cpu_has_native_bf16
 from .corpus import CHUNK_CHARS, Chunk, Corpus
 
 log = logging.getLogger("agentrft.tools")
@@ -97,8 +98,6 @@ def _fast_matmuls():
     (cosine ~1) that the fp32 chunk embeddings in the cache stay valid (``bench/RESULTS.md``).
     """
     import torch
-
-    from ..hardware import cpu_has_native_bf16
 
     return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_native_bf16() else contextlib.nullcontext()
 

@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from selectolax.lexbor import LexborHTMLParser
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -63,7 +64,6 @@ def document_text(path: Path) -> str:
     raw = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix.lower() not in {".html", ".htm"}:
         return raw
-    from selectolax.lexbor import LexborHTMLParser
 
     tree = LexborHTMLParser(raw)
     for node in tree.css("script, style"):

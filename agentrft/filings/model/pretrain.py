@@ -4,9 +4,10 @@ A pretrained model arrives able to find things in its context: a path from a sea
 a ``read``, the line of a filing that holds the asked figure. A randomly initialised 1M-parameter model
 does not, and the warm start alone does not teach it: trained only on the task (the warm start's
 demonstrations and reading drills, or synthetic look-up tables), the loss stays at the plateau of
-"right format, random figure" and the model does not copy the asked figure (``bench/RESULTS.md``). The circuit it lacks is an induction head: one attention head that
-marks each position with the token before it, and a later head that, from the current token, attends
-to the position after that token's previous occurrence and copies what it finds.
+"right format, random figure" and the model does not copy the asked figure (``bench/RESULTS.md``).
+The circuit it lacks is an induction head: one attention head that marks each position with the
+token before it, and a later head that, from the current token, attends to the position after that
+token's previous occurrence and copies what it finds.
 
 Two stages, both on synthetic data (nothing about the corpus's figures is learnt):
 

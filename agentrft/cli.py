@@ -8,6 +8,7 @@ as a last net, a file that is not UTF-8 or cannot be opened.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -47,8 +48,6 @@ for _module in (data_cli, tools_cli, graders_cli, prior, train_cli, evaluate_cli
 def _quiet_libraries() -> None:
     """Hugging Face's per-file progress bars (loading weights, writing shards, mapping a dataset)
     would bury the commands' own output; agentrft shows its own progress where work is long."""
-    import os
-
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

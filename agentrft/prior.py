@@ -235,7 +235,7 @@ def prior_check_command(
 
 def rollout_settings(cfg: Any, policy: Any) -> Any:
     """The config's sampling and budgets; a local model's token budget is capped at its context length."""
-    from .agent.local import LocalPolicy
+    from .agent.local import LocalPolicy  # torch
 
     settings = cfg.rollout_settings(seed=cfg.seed)
     if isinstance(policy, LocalPolicy):

@@ -44,11 +44,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# agentrft from this checkout (ROOT first on the path), with the environment above set
+from agentrft.agent.loop import rollout  # noqa: E402
+from agentrft.agent.settings import RolloutSettings  # noqa: E402
+from agentrft.filings.model import prompts  # noqa: E402
+from agentrft.filings.synth import synth  # noqa: E402
+from agentrft.jsonl import read_models  # noqa: E402
+from agentrft.schema import Row  # noqa: E402
+from agentrft.tools.corpus_tools import CorpusTools, tool_specs  # noqa: E402
+from agentrft.tools.local_server import serve_app  # noqa: E402
+from agentrft.tools.server import create_app  # noqa: E402
 
 TOKEN = "bench-token"
 
@@ -56,8 +69,6 @@ TOKEN = "bench-token"
 def slow_registry(corpus_dir: Path, latency_s: float, read_budget: int) -> Any:
     """agentrft's filings tools as ``agentrft tools serve`` has them (search through the query batcher),
     each answering ``latency_s`` later, without holding the server's event loop."""
-    from agentrft.tools.corpus_tools import CorpusTools
-
     registry = CorpusTools(corpus_dir, read_budget).registry()
     for tool in registry.tools.values():
         inner = dataclasses.replace(tool)
@@ -73,9 +84,6 @@ def slow_registry(corpus_dir: Path, latency_s: float, read_budget: int) -> Any:
 def _serve(corpus_dir: Path, latency_s: float, read_budget: int, threads: int, pipe: Any) -> None:
     """Child process: serve the slow tools on loopback, send the URL, serve until told to stop."""
     import torch
-
-    from agentrft.tools.server import create_app
-    from agentrft.tools.local_server import serve_app
 
     torch.set_num_threads(threads)
     with serve_app(create_app(slow_registry(corpus_dir, latency_s, read_budget), TOKEN)) as url:
@@ -107,10 +115,6 @@ def tool_server_process(corpus_dir: Path, latency_s: float, read_budget: int, th
 
 def trl_tools(url: str) -> list[Any]:
     """Sync tool functions for TRL, posting to the tool server (TRL calls them one at a time)."""
-    import httpx
-
-    from agentrft.tools.corpus_tools import CorpusTools
-
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
 
     def post(name: str, arguments: dict[str, Any]) -> str:
@@ -127,8 +131,6 @@ def trl_tools(url: str) -> list[Any]:
 
     from transformers.utils import get_json_schema
 
-    from agentrft.tools.corpus_tools import tool_specs
-
     for fn, spec in zip((search, list, read), tool_specs()):
         # Without a return annotation, get_json_schema gives exactly the spec the server publishes and the
         # model was trained on (a "return" entry would change the rendered system prompt).
@@ -141,10 +143,8 @@ def trl_tools(url: str) -> list[Any]:
 def ensure_model(model: Path | None, synth_dir: Path, url: str) -> Path:
     if model is not None:
         return model
-    from agentrft.jsonl import read_models
+    from agentrft.filings.model.tiny import build_tiny_model  # torch, TRL: only without --model
     from agentrft.filings.model.warm_start import WarmStartSettings, warm_start
-    from agentrft.filings.model.tiny import build_tiny_model
-    from agentrft.schema import Row
 
     cache = ROOT / "bench" / ".cache"
     warm = cache / "warm"
@@ -159,8 +159,7 @@ def ensure_model(model: Path | None, synth_dir: Path, url: str) -> Path:
 
 def run_ours(model: Any, tokenizer: Any, rows: list, url: str, settings: Any, samples: int,
              phases: bool = False, lean: bool = True) -> dict[str, float]:
-    from agentrft.agent.loop import rollout
-    from agentrft.agent.policy import LocalPolicy
+    from agentrft.agent.policy import LocalPolicy  # torch
 
     policy = LocalPolicy(model, tokenizer, lean_decoding=lean)
     spent: dict[str, float] = {}
@@ -202,7 +201,7 @@ def _timed(policy: Any, spent: dict[str, float]) -> Iterator[Any]:
         return out
 
     model.forward = timed_forward
-    from agentrft.agent.lean_step import LeanStep
+    from agentrft.agent.lean_step import LeanStep  # torch
 
     lean_step = LeanStep.step
 
@@ -314,12 +313,6 @@ def main() -> None:
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from agentrft.agent.settings import RolloutSettings
-    from agentrft.filings.synth import synth
-    from agentrft.jsonl import read_models
-    from agentrft.filings.model import prompts
-    from agentrft.schema import Row
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))

@@ -32,6 +32,11 @@ from pathlib import Path
 
 import httpx
 
+from agentrft.filings.synth import synth
+from agentrft.tools.corpus import Corpus
+from agentrft.tools.corpus_tools import CorpusTools, _format_hits
+from agentrft.tools.search_index import SearchIndex
+
 TOKEN = "bench-token"
 LEVELS = tuple(int(n) for n in os.environ.get("BENCH_LEVELS", "1,16,64,256").split(","))
 
@@ -40,11 +45,7 @@ def baseline_app(corpus_dir: Path):
     """The tutorial's skeleton around the same index: embedding runs inline in the async handler."""
     import torch
     from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.security import HTTPBearer
-
-    from agentrft.tools.corpus import Corpus
-    from agentrft.tools.corpus_tools import _format_hits
-    from agentrft.tools.search_index import SearchIndex
+    from fastapi.security import HTTPBearer  # FastAPI, torch: only in the server processes
 
     index = SearchIndex.build(Corpus(corpus_dir))
     index.query_cache_size = 0
@@ -72,8 +73,7 @@ def baseline_app(corpus_dir: Path):
 
 
 def agentrft_app(corpus_dir: Path, cache: bool = False):
-    from agentrft.tools.corpus_tools import CorpusTools
-    from agentrft.tools.server import create_app
+    from agentrft.tools.server import create_app  # FastAPI: only in the server processes
 
     tools = CorpusTools(corpus_dir).prepare()
     if not cache:
@@ -272,8 +272,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus
         if corpus is None:
-            from agentrft.filings.synth import synth
-
             synth(Path(tmp), companies=8, seed=0)
             corpus = Path(tmp) / "corpus"
         print(f"corpus {corpus}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "

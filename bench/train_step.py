@@ -27,14 +27,19 @@ import collections
 import contextlib
 import functools
 import json
+import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
+from rich.console import Console
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,6 +50,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from rollout import TOKEN, ensure_model, tool_server_process, trl_tools  # noqa: E402  (bench/rollout.py)
+
+from agentrft.config import config_from_dict  # noqa: E402  (this checkout's, ROOT first on the path)
+from agentrft.filings.model.prompts import READ_BUDGET_CHARS, SYSTEM_PROMPT  # noqa: E402
+from agentrft.filings.synth import synth  # noqa: E402
+from agentrft.graders import load_grader  # noqa: E402
+from agentrft.jsonl import read_models  # noqa: E402
+from agentrft.schema import MessageTurn, Row, Trajectory  # noqa: E402
 
 PHASES = ("rollouts", "grading", "reference forward", "policy forward + loss", "backward", "optimizer", "other")
 
@@ -128,10 +140,6 @@ def timed_trainer(clock: PhaseClock) -> Iterator[None]:
 
 def demo_config(work: Path, model: Path, url: str, steps: int, **overrides: Any) -> Any:
     """The demo's training config (examples/tiny_config.yaml), pointed at this run's files."""
-    import yaml
-
-    from agentrft.config import config_from_dict
-
     data = yaml.safe_load((ROOT / "examples" / "tiny_config.yaml").read_text())
     data.update(
         train_path=str(work / "research_train.jsonl"), val_path=None, base_model=str(model), tools_url=url,
@@ -144,9 +152,7 @@ def demo_config(work: Path, model: Path, url: str, steps: int, **overrides: Any)
 
 
 def run_agentrft(cfg: Any, clock: PhaseClock, trl_head: bool) -> None:
-    from rich.console import Console
-
-    from agentrft.train import trainer as trainer_module
+    from agentrft.train import trainer as trainer_module  # torch, transformers
 
     token_file = cfg.output_dir.parent / "token"
     token_file.write_text(TOKEN)
@@ -167,11 +173,6 @@ def run_trl(cfg: Any, model_dir: Path, url: str, clock: PhaseClock) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    from agentrft.graders import load_grader
-    from agentrft.jsonl import read_models
-    from agentrft.filings.model.prompts import SYSTEM_PROMPT
-    from agentrft.schema import MessageTurn, Row, Trajectory
 
     rows = read_models(cfg.train_path, Row)
     by_prompt = {row.prompt: row for row in rows}
@@ -215,13 +216,7 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true", help="Leave out TRL's own loop (the slowest row).")
     args = parser.parse_args()
 
-    import logging
-    import warnings
-
     import torch
-
-    from agentrft.filings.synth import synth
-    from agentrft.filings.model import prompts
 
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -230,7 +225,7 @@ def main() -> None:
     synth(work, seed=0)
     model = args.model or demo_model()
     results: dict[str, list[dict[str, float]]] = {}
-    with tool_server_process(work / "corpus", args.latency_ms / 1000, prompts.READ_BUDGET_CHARS, 1) as url:
+    with tool_server_process(work / "corpus", args.latency_ms / 1000, READ_BUDGET_CHARS, 1) as url:
         model = ensure_model(model, work, url)
         variants: list[tuple[str, Callable[[PhaseClock], None]]] = [
             ("agentrft", lambda c: run_agentrft(demo_config(work, model, url, args.steps), c, trl_head=False)),

@@ -33,10 +33,16 @@ from rollout import ROOT, TOKEN, ensure_model, run_ours, tool_server_process  # 
 
 sys.path.insert(0, str(ROOT))
 
+from agentrft.agent.loop import rollout  # noqa: E402
+from agentrft.agent.settings import RolloutSettings  # noqa: E402
+from agentrft.agent.vllm import VLLMPolicy, VLLMServer  # noqa: E402
+from agentrft.filings.model import prompts  # noqa: E402
+from agentrft.filings.synth import synth  # noqa: E402
+from agentrft.jsonl import read_models  # noqa: E402
+from agentrft.schema import Row  # noqa: E402
+
 
 def run_vllm(policy: Any, rows: list, url: str, settings: Any, samples: int) -> dict[str, float]:
-    from agentrft.agent.loop import rollout
-
     start = time.perf_counter()
     trajectories = rollout(rows, policy, url, TOKEN, settings, samples_per_row=samples)
     wall = time.perf_counter() - start
@@ -61,13 +67,6 @@ def main() -> None:
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from agentrft.agent.settings import RolloutSettings
-    from agentrft.agent.vllm import VLLMPolicy, VLLMServer
-    from agentrft.filings.synth import synth
-    from agentrft.jsonl import read_models
-    from agentrft.filings.model import prompts
-    from agentrft.schema import Row
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-vllm-rollout-"))

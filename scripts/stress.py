@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from agentrft.filings.synth import synth
 
 METRICS = ["operating margin", "net income", "revenue", "gross margin", "operating income", "free cash flow"]
 PERIODS = ["Q1 2024", "Q2 2024", "Q3 2025", "FY2023", "FY2024"]
@@ -186,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         corpus = args.corpus
         if corpus is None:
-            from agentrft.filings.synth import synth
-
             synth(work / "data", companies=args.companies, seed=0)
             corpus = work / "data" / "corpus"
         token = secrets.token_hex(16)

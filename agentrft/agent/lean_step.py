@@ -3,16 +3,15 @@
 On a CPU, a decoding step of a small model costs mostly the fixed price of calling it through
 transformers (module hooks, mask building, keyword plumbing), not its arithmetic. The same step
 written with a dozen tensor ops per layer, and with the q/k/v and the gate/up projections each fused
-into one matrix, took 0.8 ms instead of 1.8 ms for one row of the tiny model and 7.2 ms instead of
-9.2 ms for 32 rows at 450 cached tokens (1 thread); ``bench/rollout.py`` prints its share of a whole
-rollout phase, and ``tests/test_agent_lean_step.py`` checks that it gives the model's logits. The first
+into one matrix, takes about half the time for one row of the tiny model and less for a batch
+(``bench/RESULTS.md``); ``bench/rollout.py`` prints its share of a whole rollout phase, and ``tests/test_agent_lean_step.py`` checks that it gives the model's logits. The first
 pass of a turn, which runs many tokens, still goes through the model itself.
 
 It covers Qwen2, Qwen3, Llama and Mistral in float32 with full attention, plain or with peft LoRA
 adapters (their weight deltas are folded in when the step is built, so it must be rebuilt after the
 weights change: ``LocalPolicy`` builds one per turn). Anything else (other architectures, sliding
 windows, DoRA, bf16, models over ``MAX_PARAMETERS``, whose fused copies would cost real memory) gets
-``None`` from ``LeanStep.build`` and decodes through transformers as before.
+``None`` from ``LeanStep.build`` and decodes through transformers.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import UserError
 from .episode import Episode, Reply
+from .parse import parse_reply
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
@@ -119,8 +120,6 @@ def open_turn(episode: Episode, tokenizer: Any, max_trajectory_tokens: int, max_
 
 def close_turn(episode: Episode, tokenizer: Any, ids: list[int], logprobs: list[float], stop_ids: list[int]) -> Reply:
     """Append a generated turn (its ids and sampling log-probs) and parse it into text and tool calls."""
-    from .parse import parse_reply
-
     prefix = list(episode.token_ids or [])
     append_generated(episode, ids, logprobs)
     return parse_reply(tokenizer, ids, prefix, episode.tools, finished=bool(ids) and ids[-1] in stop_ids)

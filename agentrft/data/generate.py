@@ -136,7 +136,7 @@ def _check(pair: tuple[str, str], document: str, seen: set[str]) -> None:
 
 
 async def _ask(client: Any, model: str, prompt: str, settings: GenerateSettings, seed: int) -> str:
-    import openai
+    import openai  # ~0.2 s to import: not for --help
 
     request: dict[str, Any] = dict(
         model=model,
@@ -161,7 +161,7 @@ async def _ask(client: Any, model: str, prompt: str, settings: GenerateSettings,
 
 async def _generate(corpus: Corpus, base_url: str, model: str, settings: GenerateSettings, tools: list[ToolSpec],
                     api_key: str) -> GenerateResult:
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI  # ~0.2 s to import: not for --help
 
     paths = [path for path in corpus.paths() if corpus.texts[path].strip()]
     if not paths:
@@ -216,7 +216,7 @@ def _row(number: int, pair: tuple[str, str], path: str, model: str, tools: list[
 def generate(corpus_dir: Path, endpoint: str, model: str, settings: GenerateSettings, tools: list[ToolSpec],
              api_key: str | None = None) -> GenerateResult:
     """Ask ``model`` at ``endpoint`` (an OpenAI-compatible base URL) for pairs about ``corpus_dir``'s documents."""
-    from ..agent.policy import chat_completions_base
+    from ..agent.policy import chat_completions_base  # agent.policy loads torch (through agent.local)
 
     try:
         corpus = Corpus(corpus_dir)

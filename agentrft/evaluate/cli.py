@@ -9,6 +9,13 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UserError
+from ..graders import load_grader
+from .compare import BUCKETS, compare_runs, format_comparison
+from .inspect import format_regrade, format_regressions
+from .inspect import regrade as regrade_runs
+from .records import load_eval, load_rows
+from .report import write_report
+from .run import EvalOptions, evaluate
 
 
 def _split_keys(by: str) -> list[str]:
@@ -36,8 +43,6 @@ def eval_command(
     vllm_url: Annotated[Optional[str], typer.Option(help="With --engine vllm: a running server of the model (default: start one from .venv-vllm).")] = None,
 ) -> None:
     """Step 7: run the agent on a dataset and grade every rollout (one EvalRecord per row and sample)."""
-    from .run import EvalOptions, evaluate
-
     options = EvalOptions(
         model=model, data=data, out=out, samples=samples, tools_url=tools_url, token_file=token_file,
         grader=grader, config=config, temperature=temperature, seed=seed, served_model=served_model,
@@ -57,9 +62,6 @@ def compare_command(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
     """Step 7: base vs tuned per row — mean Δreward with a 95% interval, buckets and slices."""
-    from .compare import compare_runs, format_comparison
-    from .records import load_eval, load_rows
-
     comparison = compare_runs(
         load_eval(base), load_eval(tuned), by=_split_keys(by),
         rows=load_rows(rows) if rows else None, resamples=resamples, seed=seed,
@@ -79,11 +81,6 @@ def inspect_command(
     bucket: Annotated[str, typer.Option(help="Rows to show: regressed, improved, solved, unsolved or partial.")] = "regressed",
 ) -> None:
     """Step 8: regressions worst-first with the tuned trace (--bucket for others); --regrade to test a grader fix."""
-    from .compare import BUCKETS, compare_runs
-    from .inspect import format_regrade, format_regressions
-    from .inspect import regrade as regrade_runs
-    from .records import load_eval, load_rows
-
     if bucket not in BUCKETS:
         raise UserError(f"--bucket {bucket}: expected one of {', '.join(BUCKETS)}")
     base_run, tuned_run = load_eval(base), load_eval(tuned)
@@ -93,8 +90,6 @@ def inspect_command(
     if regrade is not None:
         if dataset is None:
             raise UserError("--regrade needs --rows VAL.jsonl: the grader compares answers with each row's reference")
-        from ..graders import load_grader
-
         result = regrade_runs(base_run, tuned_run, load_grader(regrade), dataset, comparison)
         typer.echo("")
         typer.echo(format_regrade(result))
@@ -108,8 +103,6 @@ def report_command(
     out: Annotated[Optional[Path], typer.Option(help="Where to write the page (default RUN_DIR/report.html).")] = None,
 ) -> None:
     """Step 8: one self-contained report.html — curves, slices, the comparison, regressions, config."""
-    from .report import write_report
-
     path = write_report(run_dir, base=base, tuned=tuned, rows=rows, out=out)
     typer.echo(f"wrote {path}")
 

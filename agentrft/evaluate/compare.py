@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import UserError
 from ..schema import Row
 from .records import EvalRun, RowResult
@@ -159,8 +161,6 @@ def bootstrap_ci(
     Resampling the per-row differences (not each run on its own) keeps the pairing: a row that is
     hard for both models moves both means together and must not widen the interval.
     """
-    import numpy as np
-
     values = np.asarray(diffs, dtype=float)
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)

@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from ..errors import UserError
+from ..files import refuse_overwrite
+from ..jsonl import read_models, write_models
+from ..schema import Row
+from .base import grade_answer
+from .cases import read_cases, regrade_traces, run_cases
+from .loader import BUILTIN, default_grader, load_grader
 
 grade_app = typer.Typer(
     help="Step 4: grade answers, test a grader on cases, re-grade stored trajectories.",
@@ -29,9 +37,6 @@ GraderOpt = Annotated[
 
 
 def _grader(path: Path | None):  # type: ignore[no-untyped-def]
-    from . import default_grader, load_grader
-    from .loader import BUILTIN
-
     if path is None:
         return default_grader()
     if str(path) in BUILTIN and not path.exists():
@@ -67,8 +72,6 @@ def grade(
         raise UserError(f"--tolerance must be >= 0, got {tolerance}")
     if not reference.strip():
         raise UserError("--reference is empty")
-    from .base import grade_answer
-
     result = grade_answer(_grader(grader), reference, answer, {"tolerance_rel": tolerance}, prompt)
     if as_json:
         typer.echo(json.dumps({"reward": result.reward, "reason": result.reason, "grader": result.grader,
@@ -84,11 +87,6 @@ def grade_test(
     grader: GraderOpt = None,
 ) -> None:
     """Test a grader standalone: a table of ref / out / expected / got; exit 1 on any mismatch."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from .cases import read_cases, run_cases
-
     results = run_cases(_grader(grader), read_cases(cases))
     table = Table(show_edge=False, pad_edge=False)
     for column in ("ref", "out", "expected", "got", ""):
@@ -114,11 +112,6 @@ def grade_run(
     workers: Annotated[int, typer.Option(min=1, help="Trajectories graded at once (judges wait on HTTP).")] = 8,
 ) -> None:
     """Grade stored trajectories again (step 8: fix the grader, re-evaluate, don't retrain)."""
-    from ..files import refuse_overwrite
-    from ..jsonl import read_models, write_models
-    from ..schema import Row
-    from .cases import regrade_traces
-
     refuse_overwrite(out, traces, rows)
     chosen = _grader(grader)
     records = regrade_traces(traces, read_models(rows, Row), chosen, out, workers)

@@ -21,6 +21,12 @@ from ..jsonl import describe_json_error, json_type
 from .base import Grader
 from .numeric import NumericGrader
 from .specs import GRADER_TYPES, GraderSpec, MultiSpec
+from .multi import MultiGrader
+from .python_grader import PythonGrader
+from .score_model import ScoreModelGrader
+from .similarity import TextSimilarityGrader
+from .string_check import StringCheckGrader
+from .tool_use import ToolUseGrader
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(GraderSpec)
 BUILTIN = {
@@ -90,28 +96,16 @@ def build(spec: Any, name: str | None = None) -> Grader:
     if spec.type == "numeric":
         return NumericGrader(name, spec.tolerance_rel, spec.fallback, spec.use_question)
     if spec.type == "tool_use":
-        from .tool_use import ToolUseGrader
-
         return ToolUseGrader(name, spec.max_tool_calls, spec.must_use_tools, spec.check_evidence, spec.read_tool)
     if spec.type == "string_check":
-        from .string_check import StringCheckGrader
-
         return StringCheckGrader(name, spec.input, spec.reference, spec.operation)
     if spec.type == "text_similarity":
-        from .similarity import TextSimilarityGrader
-
         return TextSimilarityGrader(name, spec.input, spec.reference, spec.evaluation_metric, spec.pass_threshold)
     if spec.type == "python":
-        from .python_grader import PythonGrader
-
         return PythonGrader(name, spec.source, spec.timeout_s)
     if spec.type == "score_model":
-        from .score_model import ScoreModelGrader
-
         return ScoreModelGrader.from_spec(spec, name)
     if isinstance(spec, MultiSpec):
-        from .multi import MultiGrader
-
         subs = {key: build(sub, key) for key, sub in spec.graders.items()}
         return MultiGrader(name, subs, spec.calculate_output)
     raise UserError(f"grader type {spec.type!r} is not supported")  # pragma: no cover - specs guard it

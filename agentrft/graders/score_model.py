@@ -85,7 +85,7 @@ class ScoreModelGrader:
     def _get_client(self) -> Any:
         with self._client_lock:
             if self._client is None:
-                from openai import OpenAI
+                from openai import OpenAI  # ~0.2 s to import: only when a judge grades
 
                 key = os.environ.get(self.api_key_env)
                 if not key and self.base_url is None:

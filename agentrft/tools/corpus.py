@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from selectolax.lexbor import LexborHTMLParser
+
 log = logging.getLogger("agentrft.tools")
 
 TEXT_SUFFIXES = {".html", ".htm", ".txt", ".md", ".json", ".csv", ".xml", ".jsonl", ".yaml", ".yml"}
@@ -40,8 +42,6 @@ class Chunk:
 
 def html_to_text(html: str) -> str:
     """Readable text: one block per line group, table rows as ``cell | cell``."""
-    from selectolax.lexbor import LexborHTMLParser
-
     tree = LexborHTMLParser(html)
     blocks: list[str] = []
     title = tree.css_first("title")

@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..hardware import cpu_has_native_bf16
 from .corpus import CHUNK_CHARS, Chunk, Corpus
 
 log = logging.getLogger("agentrft.tools")
@@ -93,13 +94,10 @@ def load_embedder() -> tuple[Any, str]:
 def _fast_matmuls():
     """bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX), else nothing.
 
-    Measured on this project's 2-core AVX512-BF16 machine: a batch of 64 queries embeds 3x faster
-    (3.3 vs 11.2 ms per query) and the embeddings keep cosine 0.99998 with the fp32 ones, so the
-    fp32 chunk embeddings in the cache stay valid.
+    Queries embed several times faster there, and the embeddings stay so close to the fp32 ones
+    (cosine ~1) that the fp32 chunk embeddings in the cache stay valid (``bench/RESULTS.md``).
     """
     import torch
-
-    from ..hardware import cpu_has_native_bf16
 
     return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_native_bf16() else contextlib.nullcontext()
 
@@ -243,8 +241,8 @@ class SearchIndex:
         if self.embedder is not None and ranking != "bm25":
             import torch
 
-            # torch, not numpy: numpy's OpenBLAS spins its own threads, and on a busy 2-core machine
-            # this product cost 23 ms of CPU per 64 queries instead of 0.9 ms.
+            # torch, not numpy: numpy's OpenBLAS spins its own threads, which on a busy machine cost
+            # many times the product itself (``bench/RESULTS.md``).
             dense = (torch.from_numpy(self._embed(queries)) @ self._embeddings_t).numpy()
         results = []
         for i, (query, top_k) in enumerate(zip(queries, top_ks)):
@@ -314,9 +312,9 @@ class QueryBatcher:
         self._worker: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
         # Each worker thread runs torch single-threaded, and the event loop keeps the HTTP work: on
-        # a busy 2-core machine a 2-thread OpenMP team waiting at barriers for a descheduled partner
-        # made one query's forward pass 100x slower (1.3 s instead of 10 ms). Separate single-threaded
-        # workers never wait for each other.
+        # a busy machine a 2-thread OpenMP team waiting at barriers for a descheduled partner makes a
+        # query's forward pass about a hundred times slower (``bench/RESULTS.md``). Separate
+        # single-threaded workers never wait for each other.
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="search",
                                             initializer=_single_threaded_torch, initargs=(torch_threads,))
         self.batches = 0
@@ -342,11 +340,11 @@ class QueryBatcher:
                 await self._freed.wait()
             if self._running and len(self._pending) < self.max_batch:
                 # Others are being served, so more requests are coming: let the ones in flight join.
-                # On an idle server a lone search starts at once (2 ms of its 13 ms at one client).
+                # On an idle server a lone search starts at once: the wait would be a good share of it.
                 await asyncio.sleep(self.max_wait_s)
             # Every worker should get an equal share of all searches in flight: 64 clients answered
             # together come back together, and one batch of 64 would leave the other core idle while
-            # it runs; uneven shares (42 + 22, as measured) make the bigger one's callers wait longer.
+            # it runs; uneven shares make the bigger one's callers wait longer.
             waiting = len(self._pending)
             size = min(self.max_batch, -(-waiting // self._idle), -(-(waiting + self._running) // self.workers))
             batch, self._pending = self._pending[:size], self._pending[size:]

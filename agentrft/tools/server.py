@@ -111,8 +111,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI):
     # What is loaded by now (the index, the embedding model, the libraries) lives as long as the
-    # server. Frozen, it is no longer walked by the garbage collector: measured at 64 clients, a full
-    # collection of it held the GIL for ~230 ms, stalled both search workers, and alone made the p99.
+    # server. Frozen, it is not walked by the garbage collector, whose full collections of it otherwise
+    # hold the GIL long enough to stall every search worker and set the p99 (``bench/RESULTS.md``).
     gc.collect()
     gc.freeze()
     yield

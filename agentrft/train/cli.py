@@ -8,7 +8,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..config import check_config, load_config
 from ..errors import UserError
+from .launch import relaunch
 
 config_app = typer.Typer(help="Step 5: check a training config.", no_args_is_help=True)
 
@@ -23,8 +25,6 @@ def config_check(
     files: bool = typer.Option(True, "--files/--no-files", help="Also open train/val files and the grader."),
 ) -> None:
     """Validate a config: errors name the field; warnings explain settings that usually hurt RFT."""
-    from ..config import check_config, load_config
-
     cfg = load_config(file)
     warnings = check_config(cfg, check_files=files)
     for warning in warnings:
@@ -45,14 +45,10 @@ def train_command(
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
 ) -> None:
     """Step 6: GRPO on the config's base model with agentrft's agent loop, live metrics and abort rules."""
-    from ..config import check_config, load_config
-
     cfg = load_config(file)
     if launcher not in ("none", "accelerate"):
         raise UserError(f"--launcher: expected 'none' or 'accelerate', got {launcher!r}")
     if launcher == "accelerate":
-        from .launch import relaunch
-
         raise typer.Exit(relaunch(file, num_processes, resume))
     if max_steps is not None:
         cfg = cfg.model_copy(update={"max_steps": max_steps})
@@ -61,7 +57,7 @@ def train_command(
     for warning in check_config(cfg):
         console.print(f"warning: {warning}", markup=False)
 
-    from .trainer import train
+    from .trainer import train  # torch, transformers and TRL: not for --help
 
     result = train(cfg, resume=resume, console=console)
     best = (

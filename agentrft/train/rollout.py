@@ -26,8 +26,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..schema import Grade, Row, Trajectory
+import torch
+
+from ..agent.loop import rollout
+from ..agent.policy import LocalPolicy
 from ..config import TrainConfig
+from ..schema import Grade, Row, Trajectory
 from .logprobs import GeneratedTokens
 
 REQUIRED_KEYS = ("prompt_ids", "completion_ids", "logprobs")
@@ -137,8 +141,6 @@ class AgentRollouts:
 
     def rollout_func(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
         """TRL's rollout hook: run the agent loop on each prompt and return token-level results."""
-        import torch
-
         rows = [self._row_for(prompt) for prompt in prompts]
         model = trainer.accelerator.unwrap_model(trainer.model)
         tokenizer = trainer.processing_class
@@ -210,9 +212,6 @@ def agent_loop_runner(cfg: TrainConfig, token: str | None) -> RolloutRunner:
     """The default runner: agentrft's agent loop with a LocalPolicy on the model being trained."""
 
     def run(rows: list[Row], model: Any, tokenizer: Any, greedy: bool, seed: int | None) -> list[Trajectory]:
-        from ..agent.loop import rollout
-        from ..agent.policy import LocalPolicy
-
         settings = cfg.rollout_settings(greedy=greedy, seed=seed)
         policy = LocalPolicy(model, tokenizer, device=str(next(model.parameters()).device))
         return rollout(rows, policy, cfg.tools_url, token, settings, samples_per_row=1)

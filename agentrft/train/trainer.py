@@ -8,9 +8,10 @@ config                 GRPOTrainer / GRPOConfig
 group_size             ``num_generations`` (rollouts per prompt; advantages are group-relative)
 kl_coef                ``beta`` — KL to a frozen reference; with LoRA the reference is the base
                        model with adapters switched off, so it costs no extra weight memory
-batch_size             prompts per optimizer step: ``generation_batch_size = batch_size × group_size``
-                       trajectories, split into ``micro_batch_size`` chunks by gradient accumulation,
-                       generated once per step (on-policy: no stale-sample importance weights)
+batch_size             prompts per optimizer step: ``batch_size × group_size`` trajectories, split
+                       into ``micro_batch_size`` chunks by gradient accumulation
+updates_per_batch      ``num_iterations`` — optimizer steps on each generation batch; 1 (the default)
+                       is on-policy, above 1 the later steps are off-policy and clipped
 lora                   ``peft_config`` (peft ``LoraConfig``)
 temperature            ``temperature`` — TRL divides logits by it when it scores the sampled tokens,
                        so it must equal the sampling temperature of the rollouts
@@ -19,9 +20,9 @@ temperature            ``temperature`` — TRL divides logits by it when it scor
 Rollouts are not TRL's: ``rollout.AgentRollouts`` runs agentrft's agent loop and returns the loss
 mask that keeps tool output out of the gradient.
 
-On GPUs: ``bf16`` is on by default when CUDA is present, and gradient checkpointing with it. On a
-CPU the log-probs TRL's loss asks for come from ``logprobs.install_compact_logprobs`` (TRL's own head
-scores every padded position there), with the backbone in bf16 autocast where the CPU has it.
+On GPUs: ``bf16`` unless the config turns it off, and gradient checkpointing. On a CPU the log-probs
+TRL's loss asks for come from ``logprobs.install_compact_logprobs`` (TRL's own head scores every padded
+position there), with the backbone in bf16 autocast where the CPU has it.
 
 Rollouts come from the model being trained (``LocalPolicy``) or, with ``use_vllm``, from vLLM servers
 (``vllm_rollouts.VLLMRollouts``): agentrft starts one from ``.venv-vllm`` for the run (on the training GPU,
@@ -47,14 +48,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from rich.console import Console
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils import logging as hf_logging
 
+from ..agent.vllm_server import VLLMServer
+from ..config import TrainConfig
 from ..errors import UserError, where
+from ..graders import default_grader, load_grader
+from ..hardware import cpu_has_native_bf16
 from ..jsonl import read_models
 from ..schema import Row
-from ..config import TrainConfig
-from .logprobs import GeneratedTokens
+from .logprobs import GeneratedTokens, covers, install_compact_logprobs
 from .monitor import Monitor, trim_metrics
 from .rollout import AgentRollouts, RolloutRunner, agent_loop_runner, check_trl_contract
 from .vllm_rollouts import VLLMRollouts
@@ -138,8 +146,6 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, console: Console) -> Path | 
 
 
 def build_grader(cfg: TrainConfig) -> Any:
-    from ..graders import default_grader, load_grader
-
     return load_grader(cfg.grader) if cfg.grader is not None else default_grader()
 
 
@@ -203,9 +209,6 @@ def train(
     """Run GRPO for ``cfg``. ``runner`` and ``grader`` replace the agent loop and the configured grader."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the contract is checked just below
     check_trl_contract()
-    import torch
-    from transformers.utils import logging as hf_logging
-
     console = console or Console(highlight=False, soft_wrap=True)
     hf_logging.set_verbosity_error()
     # transformers 5 renames gradient_checkpointing; TRL still sets the old name. Not the user's to fix.
@@ -225,10 +228,7 @@ def train(
 
 def _train(cfg: TrainConfig, rows: list[Row], val_rows: list[Row], checkpoint: Path | None, runner: RolloutRunner,
            grader: Any, console: Console, use_cuda: bool) -> TrainResult:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from datasets import Dataset  # heavy, and only a run needs them
     from trl import GRPOTrainer
 
     # on a CPU the compact log-prob forward scores only the tokens the rollouts say the policy generated
@@ -292,8 +292,6 @@ def vllm_rollouts(cfg: TrainConfig, use_cuda: bool, console: Console) -> Iterato
     urls = list(cfg.vllm_urls)
     with ExitStack() as stack:
         if not urls:
-            from ..agent.vllm_server import VLLMServer
-
             server = VLLMServer(
                 cfg.base_model,
                 dtype="bfloat16" if use_cuda and cfg.bf16 is not False else "float32",
@@ -312,15 +310,11 @@ def vllm_rollouts(cfg: TrainConfig, use_cuda: bool, console: Console) -> Iterato
 
 def cpu_autocast(cfg: TrainConfig) -> bool:
     """Whether the loss's backbone runs in bf16 autocast on a CPU (weights and rollouts stay float32)."""
-    from ..hardware import cpu_has_native_bf16
-
     return cpu_has_native_bf16() if cfg.bf16 is None else cfg.bf16
 
 
 def _compact_logprobs(trainer: Any, temperature: float, autocast: bool, generated: GeneratedTokens) -> None:
     """On a CPU, TRL's fused LM head scores every padded position; ``logprobs`` scores only labels."""
-    from .logprobs import covers, install_compact_logprobs
-
     policy = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     for model, with_entropy in ((policy, True), (trainer.ref_model, False)):
         if model is not None and covers(model):

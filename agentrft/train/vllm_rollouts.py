@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from ..agent.episode import Episode, Reply
+from ..agent.loop import rollout
 from ..agent.settings import RolloutSettings
+from ..agent.vllm import VLLMPolicy, save_weights
 from ..schema import Row, Trajectory
 
 WEIGHTS_DIR = "vllm-weights"
@@ -71,8 +73,6 @@ class VLLMRollouts:
 
     def __init__(self, urls: list[str], tools_url: str, token: str | None, settings: RolloutSettings,
                  run_dir: Path, lora: bool) -> None:
-        from ..agent.vllm import VLLMPolicy
-
         self.policies = [VLLMPolicy(url) for url in urls]
         self.policy = SpreadPolicy(self.policies)
         self.tools_url, self.token, self.settings = tools_url, token, settings
@@ -105,8 +105,6 @@ class VLLMRollouts:
         self.sync_seconds.append(time.perf_counter() - start)
 
     def _push(self, model: Any, step: int) -> None:
-        from ..agent.vllm import save_weights
-
         folder = self.weights_dir / f"step-{step:05d}"
         if self.lora:
             model.save_pretrained(str(folder))
@@ -128,8 +126,6 @@ class VLLMRollouts:
         return {"weight_sync_s": seconds}
 
     def __call__(self, rows: list[Row], model: Any, tokenizer: Any, greedy: bool, seed: int | None) -> list[Trajectory]:
-        from ..agent.loop import rollout
-
         if self.trainer is not None:
             self.sync_weights()  # the monitor's validation runs between TRL's syncs
         settings = self.settings.model_copy(update={"seed": seed})

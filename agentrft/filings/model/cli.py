@@ -41,7 +41,7 @@ def tiny_command(
     """Build the tiny model: corpus-trained tokenizer, Qwen2.5 chat template, ~1M-parameter Qwen2."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from .tiny import build_tiny_model
+    from .tiny import build_tiny_model  # torch
 
     start = time.perf_counter()
     console.print(f"Pretraining: {induction_steps} induction + {lookup_steps} look-up steps (a few minutes on 2 cores)")
@@ -71,7 +71,7 @@ def sft_command(
                                              help="Stop training after this much wall time (a baseline's budget)."),
 ) -> None:
     """Warm start ("fix the prior first"): SFT on scripted demonstrations of mixed quality."""
-    from .warm_start import WarmStartSettings, warm_start
+    from .warm_start import WarmStartSettings, warm_start  # torch, TRL
 
     if not (model / "config.json").is_file():
         raise UserError(f"{model}: no config.json; pass a model directory (build one with 'agentrft model tiny')")

@@ -8,11 +8,11 @@ look-up demonstration and rewrites the highlight figures in its read to new rand
 only way to answer is to copy. New values every epoch make memorising impossible. The loss is on
 the final answer only, so a drill keeps only what the answer is read from: the question, the read
 call and its result. The search before it was the original demonstration's, already trained on,
-and a third of the drill's tokens (measured on the demo's data: the warm start's 1,440 steps took
-179 s instead of 215 s, with the same prior check, 41 vs 42 of 200 answers right).
+and a third of the drill's tokens; leaving it out shortens the warm start and the prior check stays
+the same (``bench/RESULTS.md``).
 
-Query drills: the same for the first search. Measured on the warm-started model, most failed
-rollouts searched for the wrong company ("Brannock" for a question about Meridian Biotech): 320
+Query drills: the same for the first search. Without them, most failed rollouts of the warm-started
+model searched for the wrong company ("Brannock" for a question about Meridian Biotech): 320
 demonstrations teach which companies exist, not that the query names the one in the question. A
 query drill swaps the question's company (and its period and metric where the question names them
 as the query does) for other ones and ends at the search call, with the loss on that call only.

@@ -2,7 +2,7 @@
 
 Runs the product's own rollout engine (``agentrft.agent.loop.rollout``) with the budgets of
 ``prompts.py`` and grades with the running example's default grader, so the numbers are the ones
-the prior check and evaluation steps will see. ``python -m agentrft.model.measure MODEL ROWS URL``
+the prior check and evaluation steps will see. ``python -m agentrft.filings.model.measure MODEL ROWS URL``
 prints them; the warm-start report quotes them.
 """
 

@@ -2,20 +2,20 @@
 
 A pretrained model arrives able to find things in its context: a path from a search hit to copy into
 a ``read``, the line of a filing that holds the asked figure. A randomly initialised 1M-parameter model
-does not, and the warm start alone does not teach it. Measured on two cores: trained only on the
-task (the warm start's demonstrations and reading drills, or synthetic look-up tables), the loss sits
-at the plateau of "right format, random figure" for thousands of steps and the model copies the asked
-figure in 0 of 100 fresh drills. The circuit it lacks is an induction head: one attention head that
-marks each position with the token before it, and a later head that, from the current token, attends
-to the position after that token's previous occurrence and copies what it finds.
+does not, and the warm start alone does not teach it: trained only on the task (the warm start's
+demonstrations and reading drills, or synthetic look-up tables), the loss stays at the plateau of
+"right format, random figure" and the model does not copy the asked figure (``bench/RESULTS.md``).
+The circuit it lacks is an induction head: one attention head that marks each position with the
+token before it, and a later head that, from the current token, attends to the position after that
+token's previous occurrence and copies what it finds.
 
 Two stages, both on synthetic data (nothing about the corpus's figures is learnt):
 
 1. **Induction** — random token sequences with repeated segments. Next to the language-model loss on
    the repeated tokens, an auxiliary loss supervises two heads' attention directly: layer 0 head 0 to
    the previous token, layer 1 head 0 to the induction target. Without that supervision the same
-   sequences stayed on the plateau for 1,200 steps (both heads must form before either pays off); with
-   it the previous-token head forms in ~90 steps and copying follows.
+   sequences stay on the plateau (both heads must form before either pays off); with it the
+   previous-token head forms within the first hundred steps and copying follows.
 2. **Look-up** — a tool response listing some of the corpus's highlight lines in random order with
    random figures, then questions naming one metric each, answered as the filing's line
    (``Net income: $107M``). Once the model has written the label, the figure is what followed the same
@@ -23,8 +23,8 @@ Two stages, both on synthetic data (nothing about the corpus's figures is learnt
    that figure is supervised too (``LOOKUP_HEAD``). Induction batches continue alongside.
 
 The tokenizer makes this a one-token look-up (``Net income: $`` and ``27.5`` are single tokens), and
-the model's heads are 64 wide (``tiny.TINY_SHAPE``). Measured (600 + 300 steps, ~5.5 minutes on two
-cores): exact answers on fresh six-line tables 0% → 100%.
+the model's heads are 64 wide (``tiny.TINY_SHAPE``). The default 600 + 300 steps take the model from
+no exact answers on fresh six-line tables to all of them (``bench/RESULTS.md``).
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ TINY_SHAPE = {
 }
 """Shape of the tiny model: ~1.4M parameters, a few ms per token on one CPU core. Two heads of 64
 dimensions rather than four of 32: one head copies a token it attends to through a rank-head_dim
-value/output path, and at 32 that path could not single out one of ~4,500 tokens (copying accuracy
-plateaued near 50%; at 64 the same pretraining answers synthetic look-ups exactly)."""
+value/output path, and at 32 that path cannot single out one of ~4,500 tokens: copying plateaus,
+where at 64 the same pretraining answers synthetic look-ups exactly (``bench/RESULTS.md``)."""
 
 
 def build_tiny_model(

@@ -1,7 +1,7 @@
 """A byte-level BPE tokenizer trained on the corpus, wrapped with the Qwen2.5 chat template TRL ships.
 
 Three choices here make copying a figure out of a tool result learnable for a ~1M-parameter model
-(each measured on the running example; without them val success stayed at a few percent):
+(without them the model answered few val rows right; ``bench/RESULTS.md``):
 
 - numbers are cut into chunks of up to three digits, left to right (`1,430` is `1` `,` `430`), and a
   decimal with up to three digits is one token (`27.5`, `1.43`), so a figure is copied chunk by chunk
@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from selectolax.lexbor import LexborHTMLParser
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -63,7 +64,6 @@ def document_text(path: Path) -> str:
     raw = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix.lower() not in {".html", ".htm"}:
         return raw
-    from selectolax.lexbor import LexborHTMLParser
 
     tree = LexborHTMLParser(raw)
     for node in tree.css("script, style"):

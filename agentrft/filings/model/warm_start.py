@@ -48,24 +48,20 @@ class WarmStartSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(default=9, ge=1)
-    """Passes over the demonstrations; each pass gets its own freshly drawn drills. Measured on the
-    demo's data (prior check, 40 rows × 5, answer right): 9 epochs at 1.5e-3 gave 26 never / 13
-    sometimes / 1 always and, with seed 1, 25 / 13 / 2; 8 epochs 26 / 14 / 0. With the longer drills
-    of before (the search kept in them), 9 epochs gave 24 / 14 / 2 — as 12 epochs at 1e-3 did
-    (21 / 15 / 4) in three quarters of the steps; 6 epochs gave 36 / 4 / 0, 10 at 1e-3 31 / 9 / 0."""
+    """Passes over the demonstrations; each pass gets its own freshly drawn drills. 9: fewer left more
+    rows never answered right in the prior check (``bench/RESULTS.md``)."""
     learning_rate: float = Field(default=1.5e-3, gt=0)
-    """Peak rate of the cosine schedule; 2e-3 diverged (the loss stayed at ~4-5)."""
+    """Peak rate of the cosine schedule; a higher one diverged (``bench/RESULTS.md``)."""
     batch_size: int = Field(default=8, ge=1)
     drills_per_demo: float = Field(default=1.0, ge=0)
     """Reading drills per demonstration per epoch."""
     query_drills_per_demo: float = Field(default=1.0, ge=0)
     """Query drills (``drills.make_query_drills``: another company in the question and the search) per
-    demonstration per epoch. Two per demonstration did worse (15 of 200 answers right, not 41: the
-    model then seldom read after its search)."""
+    demonstration per epoch. More of them and the model seldom reads after its search (``bench/RESULTS.md``)."""
     lookup_supervision: float = Field(default=1.0, ge=0)
     """Weight of the look-up head's attention loss (``pretrain.LOOKUP_HEAD`` to where each answer's figure
-    is copied from); 0 trains on the language-model loss alone. A weight of 2 did worse (33 of 200
-    answers right, not 41)."""
+    is copied from); 0 trains on the language-model loss alone. A heavier weight answered fewer questions
+    right (``bench/RESULTS.md``)."""
     lookup_tables_per_demo: float = Field(default=1.0, ge=0)
     """Synthetic look-up tables (``pretrain.lookup_example``) per demonstration per epoch: they keep the
     pretrained look-up alive while the model learns the task's format."""
@@ -78,7 +74,7 @@ class WarmStartSettings(BaseModel):
     """torch CPU threads."""
     bf16: bool | None = None
     """Matrix products in bfloat16 (autocast; weights stay fp32). None: where the CPU does bf16 natively
-    (measured on an AVX512-BF16 core: 1.5x faster steps)."""
+    (steps are faster there; ``bench/RESULTS.md``)."""
 
 
 

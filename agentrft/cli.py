@@ -15,7 +15,7 @@ import typer
 from typer._click.exceptions import ClickException  # typer vendors its own click
 from rich.console import Console
 
-from . import plan, prior, serve
+from . import demonstrations, plan, prior, serve
 from .data import cli as data_cli
 from .errors import UserError
 from .evaluate import cli as evaluate_cli
@@ -40,8 +40,10 @@ def _root() -> None:
     """Agent reinforcement fine-tuning: from a folder of prompts to a fine-tuned tool-using agent."""
 
 
-# Each step in order, then the running example's commands (data synth, model tiny, sft, demo).
-for _module in (data_cli, tools_cli, graders_cli, prior, train_cli, evaluate_cli, plan, serve, filings_cli):
+# Each step in order (the warm start after the prior check it answers), then the running example's commands
+# (data synth, model tiny, model warm-start, demo).
+for _module in (data_cli, tools_cli, graders_cli, prior, demonstrations, train_cli, evaluate_cli, plan, serve,
+                filings_cli):
     _module.register(app)
 
 

@@ -166,13 +166,14 @@ def train_on_examples(
     into batches; a caller that wants several epochs puts them in ``examples``); saves the model and tokenizer
     to ``out_dir`` and returns the trainer and its final training loss.
 
-    A cosine schedule peaking at ``learning_rate`` after 3% warm-up, on the CPU. ``threads``: torch's CPU
-    threads (None leaves torch's default). ``bf16``: matrix products in bfloat16 autocast (weights stay
-    fp32); None where the CPU does bf16 natively. ``max_seconds`` stops training after that much wall time,
+    A cosine schedule peaking at ``learning_rate`` after 3% warm-up, on the GPU when there is one. ``threads``:
+    torch's CPU threads (None leaves torch's default). ``bf16``: matrix products in bfloat16 autocast (weights
+    stay fp32); None where the GPU, or without one the CPU, does bf16 natively. ``max_seconds`` stops training after that much wall time,
     wherever the schedule is (a baseline given the same time as another run). ``trainer_class`` is called as
     SFTTrainer is; keys of an example beyond ``input_ids`` and ``assistant_masks`` reach its collator."""
     if threads is not None:
         torch.set_num_threads(threads)
+    cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     config = SFTConfig(
@@ -187,7 +188,7 @@ def train_on_examples(
         logging_steps=LOG_EVERY,
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=not cuda,
         seed=seed,
         max_length=None,
         dataloader_num_workers=0,
@@ -195,7 +196,7 @@ def train_on_examples(
         disable_tqdm=True,
         activation_checkpointing=False,  # TRL turns it on by default; for a small model it only costs time
         remove_unused_columns=False,  # keep the keys a trainer_class reads
-        bf16=bf16 if bf16 is not None else cpu_has_native_bf16(),
+        bf16=bf16 if bf16 is not None else (torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()),
     )
     trainer = trainer_class(model=model, args=config, train_dataset=Dataset.from_list(examples),
                             processing_class=tokenizer)

@@ -257,10 +257,10 @@ def test_cli_errors_are_one_line(tmp_path: Path, synth_dir: Path, tiny_model_dir
     bad = _cli("model", "tiny", "--corpus", str(tmp_path / "missing"), "--out", str(tmp_path / "m"))
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "corpus directory not found" in bad.stderr
     rows = str(synth_dir / "research_train.jsonl")
-    no_model = _cli("sft", "--model", str(tmp_path), "--rows", rows, "--tools-url", "http://127.0.0.1:9",
+    no_model = _cli("model", "warm-start", "--model", str(tmp_path), "--rows", rows, "--tools-url", "http://127.0.0.1:9",
                     "--out", str(tmp_path / "o"))
     assert no_model.returncode == 1 and "no config.json" in no_model.stderr and "Traceback" not in no_model.stderr
-    down = _cli("sft", "--model", str(tiny_model_dir), "--rows", rows, "--tools-url", "http://127.0.0.1:9",
+    down = _cli("model", "warm-start", "--model", str(tiny_model_dir), "--rows", rows, "--tools-url", "http://127.0.0.1:9",
                 "--out", str(tmp_path / "o"))
     assert down.returncode == 1 and "unreachable" in down.stderr and down.stderr.count("\n") == 1
 

@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "agentrft"
 EXAMPLE = "agentrft.filings"
 REGISTERS_THE_EXAMPLE = {"agentrft.cli"}
-"""The CLI registers the running example's commands (data synth, model tiny, sft, demo)."""
+"""The CLI registers the running example's commands (data synth, model tiny, model warm-start, demo)."""
 
 
 def _module_name(path: Path) -> str:

@@ -1,5 +1,5 @@
 """The running example's commands, registered by ``agentrft.cli``: ``agentrft data synth``, ``agentrft model
-tiny``, ``agentrft sft`` and ``agentrft demo``."""
+tiny``, ``agentrft model warm-start`` and ``agentrft demo``."""
 
 from __future__ import annotations
 

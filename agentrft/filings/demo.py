@@ -166,7 +166,7 @@ def warm_model(demo: Demo) -> Path:
     tiny = demo.out / "models" / "tiny"
     warm = demo.out / "models" / "tiny-warm"
     agentrft("model", "tiny", "--corpus", demo.data / "corpus", "--out", tiny, "--seed", demo.seed)
-    agentrft("sft", "--model", tiny, "--rows", rows, "--tools-url", demo.tools_url,
+    agentrft("model", "warm-start", "--model", tiny, "--rows", rows, "--tools-url", demo.tools_url,
              "--token-file", demo.token_file, "--out", warm, "--seed", demo.seed, "--measure", MEASURE_ROWS)
     return store_warm_model(demo.cache, key, warm)
 
@@ -252,7 +252,7 @@ def sft_baseline(demo: Demo, base: Path, train: Path, val: Path) -> None:
     more = demo.out / "models" / "tiny-sft-more"
     temperature = float(yaml.safe_load(demo.config.read_text())["temperature"])
     with step(demo, "Baseline · the same time spent on more SFT"):
-        agentrft("sft", "--model", base, "--rows", train, "--tools-url", demo.tools_url, "--token-file",
+        agentrft("model", "warm-start", "--model", base, "--rows", train, "--tools-url", demo.tools_url, "--token-file",
                  demo.token_file, "--out", more, "--seed", demo.seed, "--max-seconds", f"{seconds:.0f}")
         agentrft("eval", "--model", more, "--data", val, "--out", evals / "sft-more-sampled.jsonl",
                  "--config", demo.config, "--grader", GRADER, "--samples", EVAL_SAMPLES, "--temperature", temperature)

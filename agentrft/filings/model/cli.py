@@ -1,4 +1,4 @@
-"""The running example's model commands: ``agentrft model tiny`` (build) and ``agentrft sft`` (warm start).
+"""The running example's model commands: ``agentrft model tiny`` (build) and ``agentrft model warm-start`` (its warm start).
 
 Both load torch, transformers and TRL, so their modules are imported inside the commands."""
 
@@ -56,7 +56,7 @@ def tiny_command(
     console.print(f"Saved to {path} in {time.perf_counter() - start:.1f}s")
 
 
-def sft_command(
+def warm_start_command(
     model: Path = typer.Option(..., "--model", help="Model directory to warm-start (e.g. from 'agentrft model tiny')."),
     rows: Path = typer.Option(..., "--rows", help="Training rows (JSONL) the demonstrations are made on."),
     tools_url: str = typer.Option(..., "--tools-url", help="Base URL of the running tool server."),
@@ -70,7 +70,7 @@ def sft_command(
     max_seconds: float | None = typer.Option(None, "--max-seconds", min=1.0,
                                              help="Stop training after this much wall time (a baseline's budget)."),
 ) -> None:
-    """Warm start ("fix the prior first"): SFT on scripted demonstrations of mixed quality."""
+    """The tiny model's warm start: SFT on scripted filings demonstrations of mixed quality, with drills."""
     from .warm_start import WarmStartSettings, warm_start  # torch, TRL
 
     if not (model / "config.json").is_file():
@@ -119,4 +119,4 @@ def _measure_strategies(result: WarmStartResult, before: Path, after: Path, rows
 def register(app: typer.Typer) -> None:
     """Add this step's commands to the main app."""
     app.add_typer(model_app, name="model")
-    app.command("sft")(sft_command)
+    model_app.command("warm-start")(warm_start_command)

@@ -4,7 +4,7 @@ The result is an ordinary Hugging Face checkpoint (``save_pretrained``), so ever
 with ``AutoTokenizer`` / ``AutoModelForCausalLM`` exactly as it would load Qwen2.5-7B-Instruct.
 The weights start random; a short synthetic pretraining (``pretrain.py``: induction heads, then
 look-up in tables of highlight lines) gives the model the in-context look-up every pretrained model
-has, and the warm start (``agentrft sft``) then gives it its prior for the task.
+has, and the warm start (``agentrft model warm-start``) then gives it its prior for the task.
 """
 
 from __future__ import annotations

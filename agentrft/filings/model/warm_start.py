@@ -92,7 +92,7 @@ class WarmStartResult(BaseModel):
     final_loss: float | None
     settings: WarmStartSettings
     strategies_before: dict[str, float] | None = None
-    """Strategy shares in sampled rollouts of the model before the warm start (``agentrft sft --measure``)."""
+    """Strategy shares in sampled rollouts of the model before the warm start (``agentrft model warm-start --measure``)."""
     strategies_after: dict[str, float] | None = None
     """The same after the warm start, on the same rows and seed."""
     measured_rollouts: int = 0

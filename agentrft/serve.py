@@ -37,8 +37,8 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
-from .files import read_text
 from .schema import Row, RowMetadata, StopReason, ToolSpec, Turn
+from .tools.client import read_token
 
 DEFAULT_PORT = 8100
 MAX_BODY_BYTES = 1_000_000
@@ -430,7 +430,7 @@ def register(app: typer.Typer) -> None:
         warning = check_exposure(host, key, allow_no_key)
         if not tool_timeout > 0:
             raise UserError(f"--tool-timeout must be positive, got {tool_timeout:g}")
-        token = _read_token(tools_token_file)
+        token = read_token(tools_token_file)
         with open_policy(str(model), engine=engine, vllm_url=vllm_url) as policy:
             positions = max_trajectory_tokens
             if isinstance(policy, LocalPolicy):
@@ -443,9 +443,3 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"warning: {warning}", err=True)
             app = create_app(policy, tools_url, token, settings, traces, key, concurrent=engine == "vllm")
             uvicorn.run(app, host=host, port=port)
-
-
-def _read_token(path: Path | None) -> str | None:
-    if path is None:
-        return os.environ.get("TOOL_BEARER")
-    return read_text(path, "a token file").strip()

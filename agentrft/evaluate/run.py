@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..files import read_text, refuse_overwrite
+from ..files import refuse_overwrite
 from ..jsonl import read_models, write_models
 from ..schema import EvalRecord, Row, ToolResultTurn, Trajectory
+from ..tools.client import ToolClient, ToolServerUnavailable, read_token
 from .records import traces_path_for
 
 if TYPE_CHECKING:
@@ -101,12 +102,13 @@ class EvalSummary:
 
 
 def _read_token(options: EvalOptions, config_token: str | None) -> str | None:
+    """``--token-file`` wins; else the config's token; else the TOOL_BEARER environment variable."""
     if options.token_file is not None:
         try:
-            return read_text(options.token_file, "a token file").strip() or None
+            return read_token(options.token_file)
         except UserError as exc:
             raise UserError(f"--token-file {exc}") from None
-    return config_token or os.environ.get("TOOL_BEARER")
+    return config_token or read_token()
 
 
 def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | None, str | Path | None]:
@@ -202,7 +204,6 @@ async def _run_batches(
 ) -> int:
     from ..agent.loop import run_rollouts
     from ..graders import grade_all
-    from ..tools.client import ToolClient, ToolServerUnavailable
 
     traces = traces_path_for(options.out)
     trace_file = os.path.relpath(traces, options.out.parent)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..schema import MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
 from ..tools.client import ToolServerUnavailable
-from .episode import Episode, ParsedCall, Reply
+from .episode import Episode, Reply
 from .settings import RolloutSettings
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ async def run_rollouts(
     return [episode.to_trajectory(policy.name, settings.seed) for episode in episodes]
 
 
-def _take_reply(episode: Episode, reply: Reply, settings: RolloutSettings) -> list[tuple[Episode, ParsedCall]]:
+def _take_reply(episode: Episode, reply: Reply, settings: RolloutSettings) -> list[tuple[Episode, ToolCallTurn]]:
     """Record one assistant turn; return the tool calls to run (none when the rollout ends here)."""
     episode.replies += 1
     if reply.out_of_budget:
@@ -120,9 +120,7 @@ def _take_reply(episode: Episode, reply: Reply, settings: RolloutSettings) -> li
         episode.stop_reason = "max_tool_calls"
         not_run = f"not run: the tool-call budget ({settings.max_tool_calls}) is spent"
     for call in reply.calls:
-        episode.turns.append(
-            ToolCallTurn(call_id=call.call_id, name=call.name, args=call.args, raw=call.raw, error=call.error or not_run)
-        )
+        episode.turns.append(call.model_copy(update={"error": call.error or not_run}))
     if not_run:
         return []
     episode.n_tool_calls += len(reply.calls)
@@ -144,14 +142,14 @@ def _assistant_message(reply: Reply) -> dict[str, Any]:
     return {"role": "assistant", "content": reply.content, "tool_calls": calls}
 
 
-async def _run_calls(tools: ToolClient, jobs: list[tuple[Episode, ParsedCall]]) -> None:
+async def _run_calls(tools: ToolClient, jobs: list[tuple[Episode, ToolCallTurn]]) -> None:
     """Run one reply's tool calls concurrently; record their results in call order."""
     results = await asyncio.gather(*(_run_call(tools, episode, call) for episode, call in jobs))
     for (episode, call), result in zip(jobs, results, strict=True):
         _record_result(episode, call, *result)
 
 
-async def _run_call(tools: ToolClient, episode: Episode, call: ParsedCall) -> tuple[str, bool, float]:
+async def _run_call(tools: ToolClient, episode: Episode, call: ToolCallTurn) -> tuple[str, bool, float]:
     """Run one call; malformed and unknown calls get an error the model can read, without a request."""
     if call.error:
         return f"Error: {call.error}. Write one JSON object with \"name\" and \"arguments\".", True, 0.0
@@ -166,7 +164,7 @@ async def _run_call(tools: ToolClient, episode: Episode, call: ParsedCall) -> tu
     return reply.output, reply.is_error, reply.latency_ms
 
 
-def _record_result(episode: Episode, call: ParsedCall, output: str, is_error: bool, latency_ms: float) -> None:
+def _record_result(episode: Episode, call: ToolCallTurn, output: str, is_error: bool, latency_ms: float) -> None:
     name = call.name or "invalid"
     episode.turns.append(
         ToolResultTurn(call_id=call.call_id, name=name, output=output, is_error=is_error, latency_ms=latency_ms)

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import UserError
-from .episode import Episode, ParsedCall, Reply
+from ..schema import ToolCallTurn
+from .episode import Episode, Reply
 from .local import LocalPolicy
 from .settings import RolloutSettings
 
@@ -186,7 +187,8 @@ def open_policy(model: str, served_model: str | None = None, engine: str = "loca
     yield load_policy(model, served_model)
 
 
-def _endpoint_call(call: Any) -> ParsedCall:
+def _endpoint_call(call: Any) -> ToolCallTurn:
+    """One tool call of an OpenAI reply; arguments that are not a JSON object keep ``raw`` and ``error``."""
     function = getattr(call, "function", None)
     name = getattr(function, "name", "") or ""
     raw = getattr(function, "arguments", "") or ""
@@ -194,12 +196,12 @@ def _endpoint_call(call: Any) -> ParsedCall:
     try:
         args = json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError as exc:
-        return ParsedCall(name=name, args={}, raw=raw, error=f"arguments are not valid JSON ({exc.msg})", call_id=call_id)
+        return ToolCallTurn(call_id=call_id, name=name, raw=raw, error=f"arguments are not valid JSON ({exc.msg})")
     if not isinstance(args, dict):
-        return ParsedCall(name=name, args={}, raw=raw, error="arguments must be a JSON object", call_id=call_id)
+        return ToolCallTurn(call_id=call_id, name=name, raw=raw, error="arguments must be a JSON object")
     if not name:
-        return ParsedCall(name="", args=args, raw=raw, error="tool call has no function name", call_id=call_id)
-    return ParsedCall(name=name, args=args, call_id=call_id)
+        return ToolCallTurn(call_id=call_id, name="", args=args, raw=raw, error="tool call has no function name")
+    return ToolCallTurn(call_id=call_id, name=name, args=args)
 
 
 __all__ = [

@@ -30,15 +30,20 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .agent.episode import Episode, Reply
+from .agent.loop import run_rollouts
+from .agent.settings import RolloutSettings
 from .errors import UserError
+from .jsonl import write_models
 from .schema import Row, RowMetadata, StopReason, ToolSpec, Turn
-from .tools.client import read_token
+from .tools.client import ToolClient, ToolServerUnavailable, read_token
 
 DEFAULT_PORT = 8100
 MAX_BODY_BYTES = 1_000_000
@@ -242,11 +247,6 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
     from fastapi.responses import StreamingResponse
     from jinja2 import TemplateError
 
-    from .agent.episode import Episode
-    from .agent.loop import run_rollouts
-    from .jsonl import write_models
-    from .tools.client import ToolClient, ToolServerUnavailable
-
     app = FastAPI(title="agentrft serve", docs_url=None, redoc_url=None)
     app.add_middleware(_Guard, api_key=api_key, max_body_bytes=MAX_BODY_BYTES)
     lock = asyncio.Lock()  # one generation at a time: a local model is not re-entrant
@@ -259,11 +259,12 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
 
         name = policy.name
 
-        async def generate(self, episodes: list[Episode], rollout_settings: Any) -> Any:
+        async def generate(self, episodes: list[Episode], rollout_settings: Any,
+                           on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]:
             if concurrent:
-                return await policy.generate(episodes, rollout_settings)
+                return await policy.generate(episodes, rollout_settings, on_reply=on_reply)
             async with lock:
-                return await policy.generate(episodes, rollout_settings)
+                return await policy.generate(episodes, rollout_settings, on_reply=on_reply)
 
     serial = _Serialized()
 
@@ -419,8 +420,7 @@ def register(app: typer.Typer) -> None:
         """→ production: serve the tuned model with production tools; trace every call separately."""
         import uvicorn
 
-        from .agent.policy import LocalPolicy, open_policy
-        from .agent.settings import RolloutSettings
+        from .agent.policy import LocalPolicy, open_policy  # torch
 
         key = None
         if api_key_env:

@@ -172,8 +172,6 @@ class LocalPolicy:
     small float32 Llama-family models and leaves the rest to the model's forward anyway).
     """
 
-    tracks_tokens = True
-
     def __init__(
         self, model: Any, tokenizer: Any, device: str | None = None, batch_size: int = 32, name: str | None = None,
         reuse_cache: bool = True, lean_decoding: bool = True,

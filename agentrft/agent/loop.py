@@ -2,9 +2,9 @@
 
 One loop serves the prior check, training and evaluation, so what is trained is what is measured.
 Each round asks the policy for one turn of every unfinished rollout (one batched generation) and
-runs every tool call of that round, across all rollouts, concurrently over HTTP; a policy that hands
-each reply over as soon as it is final (``on_reply``) has its rollouts' tool calls start while the
-rest of the batch is still generating. The next round starts when every call of this one has
+runs every tool call of that round, across all rollouts, concurrently over HTTP; each reply's tool
+calls start as soon as the policy hands it over (``on_reply``), while the rest of the batch is still
+generating. The next round starts when every call of this one has
 returned, so what the model sees never depends on timing. A rollout ends at a final answer, at the
 tool-call budget, or at the token budget. Malformed calls, unknown
 tools and tool errors never raise: they are recorded and the model sees an error message instead;
@@ -15,7 +15,6 @@ so does a call the tool server never answered (down after the client's retries, 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import time
 from collections.abc import Callable, Coroutine
@@ -65,7 +64,6 @@ async def run_rollouts(
     for row in rows:
         specs = [spec.model_dump(exclude_none=True) for spec in row.tools] if row.tools else server_specs
         episodes.extend(new_episode(row, k, settings.system_prompt, list(specs or [])) for k in range(samples_per_row))
-    early = "on_reply" in inspect.signature(policy.generate).parameters
     active = list(episodes)
     while active:
         calls: dict[int, asyncio.Future[None]] = {}
@@ -74,10 +72,8 @@ async def run_rollouts(
             if index not in calls:  # the policy handed this reply over already
                 calls[index] = asyncio.ensure_future(_run_calls(tools, _take_reply(round_[index], reply, settings)))
 
-        if early:  # tool calls start while the rest of the batch is still generating
-            replies = await policy.generate(active, settings, on_reply=take)
-        else:
-            replies = await policy.generate(active, settings)
+        # Tool calls start as each reply is handed over, while the rest of the batch still generates.
+        replies = await policy.generate(active, settings, on_reply=take)
         if len(replies) != len(active):
             raise RuntimeError(f"policy {policy.name} returned {len(replies)} replies for {len(active)} rollouts")
         for index, reply in enumerate(replies):

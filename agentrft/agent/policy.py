@@ -1,9 +1,9 @@
 """Policies: what produces the assistant's next turn. A local model, or any OpenAI-compatible endpoint.
 
-A policy is one async method, ``generate(episodes, settings) -> replies``: one assistant turn for
-every episode of the batch, in order. A policy may also take ``on_reply=callback`` and call
-``callback(index, reply)`` as each reply is final, so the loop can start that rollout's tool calls
-early. The loop owns tools, budgets and turns; the policy owns how text is produced (and, for a local
+A policy is one async method, ``generate(episodes, settings, on_reply=None) -> replies``: one
+assistant turn for every episode of the batch, in order. When ``on_reply`` is given the policy calls
+``on_reply(index, reply)`` once per reply as soon as it is final (a policy that finishes the batch at
+once calls it at the end), so the loop can start that rollout's tool calls early. The loop owns tools, budgets and turns; the policy owns how text is produced (and, for a local
 model, the token ids and loss mask).
 """
 
@@ -30,13 +30,18 @@ class Policy(Protocol):
     Example (a policy that always answers "42"):
         >>> class Constant:
         ...     name = "constant"
-        ...     async def generate(self, episodes, settings):
-        ...         return [Reply(content="42") for _ in episodes]
+        ...     async def generate(self, episodes, settings, on_reply=None):
+        ...         replies = [Reply(content="42") for _ in episodes]
+        ...         for index, reply in enumerate(replies):
+        ...             if on_reply is not None:
+        ...                 on_reply(index, reply)
+        ...         return replies
     """
 
     name: str
 
-    async def generate(self, episodes: list[Episode], settings: RolloutSettings) -> list[Reply]: ...
+    async def generate(self, episodes: list[Episode], settings: RolloutSettings,
+                       on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]: ...
 
 
 def chat_completions_base(url: str) -> str:
@@ -55,8 +60,6 @@ class EndpointPolicy:
     calls come from the response's ``tool_calls``; arguments that are not valid JSON are recorded as
     malformed calls. Token budgets are counted from the response's ``usage``.
     """
-
-    tracks_tokens = False
 
     def __init__(
         self,

@@ -22,13 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..schema import MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
-from ..tools.client import ToolServerUnavailable
+from ..tools.client import ToolClient, ToolServerUnavailable
 from .episode import Episode, Reply
 from .settings import RolloutSettings
 
 if TYPE_CHECKING:
-    from ..tools.client import ToolClient
-    from .policy import Policy
+    from .policy import Policy  # torch, through the local policy
 
 T = TypeVar("T")
 
@@ -188,8 +187,6 @@ def rollout(
     progress: Callable[[int], None] | None = None,
 ) -> list[Trajectory]:
     """Sync wrapper: open a ToolClient on ``tools_url`` and run ``run_rollouts``."""
-    from ..tools.client import ToolClient
-
     async def main() -> list[Trajectory]:
         async with ToolClient(tools_url, token=token, timeout_s=settings.tool_timeout_s) as client:
             return await run_rollouts(rows, policy, client, settings, samples_per_row, progress)

@@ -16,11 +16,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
+import httpx
+import torch
+
 from ..errors import UserError
 from ..schema import ToolCallTurn
 from .episode import Episode, Reply
 from .local import LocalPolicy
 from .settings import RolloutSettings
+from .vllm import vllm_policy
 
 
 @runtime_checkable
@@ -151,8 +155,6 @@ def is_endpoint(model: str) -> bool:
 
 def served_model_name(base_url: str, api_key: str | None = None) -> str:
     """The first model an OpenAI-compatible server lists at ``/v1/models`` (vLLM serves one)."""
-    import httpx
-
     url = chat_completions_base(base_url) + "/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
@@ -166,8 +168,6 @@ def load_policy(model: str, served_model: str | None = None, device: str | None 
     """An http(s) URL → EndpointPolicy; a model folder (or hub id) → LocalPolicy on the GPU if there is one."""
     if is_endpoint(model):
         return EndpointPolicy(model, served_model or served_model_name(model))
-    import torch
-
     return LocalPolicy.from_pretrained(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -180,8 +180,6 @@ def open_policy(model: str, served_model: str | None = None, engine: str = "loca
     if engine == "vllm":
         if is_endpoint(model):
             raise UserError(f"--engine vllm takes a model folder, not a URL ({model}); pass the server as --vllm-url")
-        from .vllm import vllm_policy
-
         with vllm_policy(model, vllm_url) as policy:
             yield policy
         return

@@ -52,6 +52,8 @@ def read_metric_lines(path: Path) -> tuple[list[MetricsRow], list[tuple[int, str
         return [], []
     rows, problems = [], []
     for number, value, error in iter_json_lines(path, "a metrics file"):
+        if error is None and not isinstance(value, dict):
+            error = "not a JSON object"
         if error is None:
             try:
                 rows.append(MetricsRow.model_validate(value))

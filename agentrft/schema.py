@@ -1,8 +1,9 @@
 """The data that flows between the nine steps — every object agentrft writes to disk.
 
 Row (a dataset line) → Trajectory (one rollout) → Grade (a reward in [0, 1]) → EvalRecord (one row's
-result in an evaluation run). Each model carries ``schema_version`` so files written today stay
-readable when a field is added; readers accept a file without it (the tutorial's rows carry none).
+result in an evaluation run); and the files a training run writes (MetricsRow, TraceRecord,
+BestCheckpoint). Each model carries ``schema_version`` so files written today stay readable when a
+field is added; readers accept a file without it (the tutorial's rows carry none).
 
 Field names follow the tutorial where it names them (``id``, ``reference_answer``, ``expected``,
 ``tools``, ``metadata``; trace turns with ``type``/``name``/``args``/``output``/``content``) so that
@@ -11,9 +12,10 @@ the tutorial's snippets run against our files unchanged.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -242,13 +244,79 @@ class PriorResult(_Model):
     mean_tool_calls: float
 
 
+# ---------------------------------------------------------------------------------------------
+# Step 6: the files a training run writes (metrics.jsonl, traces/step-*.jsonl, checkpoints/best/best.json)
+# ---------------------------------------------------------------------------------------------
+
+
+class _RunFile(BaseModel):
+    """Base for files a run writes itself: unknown keys are ignored, so a run folder written by an
+    older or newer agentrft still reads (no user types these files, so there is no typo to catch)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class MetricsRow(_RunFile):
+    """One line of ``metrics.jsonl``: the state of the run after optimizer step ``step``.
+
+    Every measure is None where it was not measured at this step (``val_reward`` is measured every
+    ``val_every`` steps); ``no_grade`` counts trajectories the grader failed on, which are left out of
+    ``train_reward`` rather than scored 0.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    step: int
+    epoch: float | None = None
+    time: float = Field(default_factory=time.time, description="Unix time the row was written.")
+    val_reward: float | None = Field(default=None, description="Greedy mean reward on the val subset.")
+    val_tool_calls: float | None = None
+    tool_calls: float | None = Field(default=None, description="Mean tool calls per training trajectory.")
+    kl_to_ref: float | None = None
+    loss: float | None = None
+    train_reward: float | None = Field(default=None, validation_alias=AliasChoices("train_reward", "reward"),
+                                       description="Mean reward of the step's training rollouts (older runs call it reward).")
+    reward_std: float | None = None
+    zero_std_groups: float | None = Field(default=None, description="Share of groups with equal rewards.")
+    grad_norm: float | None = None
+    learning_rate: float | None = None
+    step_time_s: float | None = None
+    completion_tokens: float | None = Field(default=None, description="Mean policy tokens per trajectory.")
+    no_grade: float | None = Field(default=None, description="Share of trajectories the grader could not grade.")
+    weight_sync_s: float | None = Field(
+        default=None, description="Seconds pushing the new weights to the vLLM servers before this step's rollouts."
+    )
+    abort: str | None = Field(default=None, description="Why the run stopped here, when an abort rule fired.")
+
+
+class TraceRecord(_RunFile):
+    """One sampled training trajectory with its grade, as written to ``RUN/traces/step-XXXX.jsonl``.
+    ``reward`` is None ("no grade") when the grader failed on it."""
+
+    schema_version: int = SCHEMA_VERSION
+    step: int
+    reward: float | None
+    reason: str = ""
+    trajectory: Trajectory
+
+
+class BestCheckpoint(_RunFile):
+    """``RUN/checkpoints/best/best.json``: the step whose greedy val reward is the best so far, and that
+    reward; the model saved beside it is that step's."""
+
+    schema_version: int = SCHEMA_VERSION
+    step: int
+    val_reward: float
+
+
 __all__ = [
     "SCHEMA_VERSION",
+    "BestCheckpoint",
     "EvalRecord",
     "Expected",
     "FunctionSpec",
     "Grade",
     "MessageTurn",
+    "MetricsRow",
     "PriorResult",
     "Row",
     "RowMetadata",
@@ -256,6 +324,7 @@ __all__ = [
     "ToolCallTurn",
     "ToolResultTurn",
     "ToolSpec",
+    "TraceRecord",
     "Trajectory",
     "Turn",
 ]

@@ -30,15 +30,20 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .agent.episode import Episode, Reply
+from .agent.loop import run_rollouts
+from .agent.settings import RolloutSettings
 from .errors import UserError
-from .files import read_text
+from .jsonl import write_models
 from .schema import Row, RowMetadata, StopReason, ToolSpec, Turn
+from .tools.client import ToolClient, ToolServerUnavailable, read_token
 
 DEFAULT_PORT = 8100
 MAX_BODY_BYTES = 1_000_000
@@ -242,11 +247,6 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
     from fastapi.responses import StreamingResponse
     from jinja2 import TemplateError
 
-    from .agent.episode import Episode
-    from .agent.loop import run_rollouts
-    from .jsonl import write_models
-    from .tools.client import ToolClient, ToolServerUnavailable
-
     app = FastAPI(title="agentrft serve", docs_url=None, redoc_url=None)
     app.add_middleware(_Guard, api_key=api_key, max_body_bytes=MAX_BODY_BYTES)
     lock = asyncio.Lock()  # one generation at a time: a local model is not re-entrant
@@ -259,11 +259,12 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
 
         name = policy.name
 
-        async def generate(self, episodes: list[Episode], rollout_settings: Any) -> Any:
+        async def generate(self, episodes: list[Episode], rollout_settings: Any,
+                           on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]:
             if concurrent:
-                return await policy.generate(episodes, rollout_settings)
+                return await policy.generate(episodes, rollout_settings, on_reply=on_reply)
             async with lock:
-                return await policy.generate(episodes, rollout_settings)
+                return await policy.generate(episodes, rollout_settings, on_reply=on_reply)
 
     serial = _Serialized()
 
@@ -419,8 +420,7 @@ def register(app: typer.Typer) -> None:
         """→ production: serve the tuned model with production tools; trace every call separately."""
         import uvicorn
 
-        from .agent.policy import LocalPolicy, open_policy
-        from .agent.settings import RolloutSettings
+        from .agent.policy import LocalPolicy, open_policy  # torch
 
         key = None
         if api_key_env:
@@ -430,7 +430,7 @@ def register(app: typer.Typer) -> None:
         warning = check_exposure(host, key, allow_no_key)
         if not tool_timeout > 0:
             raise UserError(f"--tool-timeout must be positive, got {tool_timeout:g}")
-        token = _read_token(tools_token_file)
+        token = read_token(tools_token_file)
         with open_policy(str(model), engine=engine, vllm_url=vllm_url) as policy:
             positions = max_trajectory_tokens
             if isinstance(policy, LocalPolicy):
@@ -443,9 +443,3 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"warning: {warning}", err=True)
             app = create_app(policy, tools_url, token, settings, traces, key, concurrent=engine == "vllm")
             uvicorn.run(app, host=host, port=port)
-
-
-def _read_token(path: Path | None) -> str | None:
-    if path is None:
-        return os.environ.get("TOOL_BEARER")
-    return read_text(path, "a token file").strip()

@@ -215,7 +215,7 @@ def _timed(policy: Any, spent: dict[str, float]) -> Iterator[Any]:
     LeanStep.step = timed_step
     generate = policy.generate
 
-    @functools.wraps(generate)  # the loop reads the signature (``on_reply``)
+    @functools.wraps(generate)
     async def timed_generate(*args: Any, **kwargs: Any) -> Any:
         begin = time.perf_counter()
         try:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agentrft.agent.lean_step import LeanStep
-from agentrft.agent.local import _new_cache
+from agentrft.agent.decoding import new_cache
 
 
 def _small(kind: str, **extra):
@@ -40,7 +40,7 @@ def _compare_steps(model, steps: int = 5) -> float:
     for i, n in enumerate(lengths):
         mask[i, width - n : width] = 1
         positions[i, width - n :] = torch.arange(n)
-    ours = _new_cache(model, width + steps)
+    ours = new_cache(model, width + steps)
     worst = 0.0
     with torch.no_grad():
         first = model(input_ids=ids, attention_mask=mask[:, :width], position_ids=positions, cache=ours, use_cache=True,

@@ -326,11 +326,11 @@ def test_missing_model_folder_is_a_user_error(tmp_path):
 def test_sampling_draws_each_token_at_its_probability_and_never_an_excluded_one():
     import torch
 
-    from agentrft.agent.local import _choose
+    from agentrft.agent.decoding import choose
 
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]]).repeat(2000, 1)
     settings = RolloutSettings(temperature=1.0, top_k=3, top_p=1.0)
-    tokens, logps = _choose(logits, settings, torch.Generator().manual_seed(0))
+    tokens, logps = choose(logits, settings, torch.Generator().manual_seed(0))
     first, uniform = tokens[0::2], tokens[1::2]
     kept = torch.softmax(torch.tensor([2.0, 1.0, 3.0]), dim=0)  # top-3 of the first row, renormalised
     counts = torch.bincount(first, minlength=5).float() / len(first)
@@ -339,5 +339,5 @@ def test_sampling_draws_each_token_at_its_probability_and_never_an_excluded_one(
     # all five tie at the top-k cut and stay in (as transformers' top-k does): each drawn about 1/5 of the time
     assert torch.allclose(torch.bincount(uniform, minlength=5).float() / len(uniform), torch.full((5,), 0.2), atol=0.03)
     assert torch.allclose(logps[0::2], torch.log(kept[torch.tensor([0, 1, -1, -1, 2])[first]]), atol=1e-5)
-    again, _ = _choose(logits, settings, torch.Generator().manual_seed(0))
+    again, _ = choose(logits, settings, torch.Generator().manual_seed(0))
     assert torch.equal(tokens, again)  # the same generator state draws the same tokens

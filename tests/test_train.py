@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agentrft.schema import Grade, Row, ToolCallTurn, ToolResultTurn, Trajectory
+from agentrft.schema import Grade, MetricsRow, Row, ToolCallTurn, ToolResultTurn, Trajectory
 from agentrft.config import TrainConfig, config_from_dict
-from agentrft.train.monitor import AbortRules, MetricsRow, read_metrics, trim_metrics
+from agentrft.train.abort import AbortRules
+from agentrft.train.metrics import read_metrics, trim_metrics
 from agentrft.train.rollout import REQUIRED_KEYS, check_trl_contract, to_trl_batch
 
 from conftest import TOOL_TOKEN
@@ -347,3 +348,17 @@ def test_read_metrics_drops_a_cut_last_line_and_names_a_bad_one(tmp_path: Path) 
     path.write_text(good[0] + "\n{\"step\": \"x\"}\n" + good[1] + "\n")
     with pytest.raises(UserError, match=r"metrics.jsonl:2: not a metrics row"):
         read_metrics(path)
+
+
+def test_files_of_an_older_run_still_read(tmp_path: Path) -> None:
+    from agentrft.train.checkpoints import BEST_INFO, best_dir, read_best
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "reward": 0.25, "a_column_since_dropped": 1}\n{"step": 1, "loss": 0.5}\n')
+    rows = read_metrics(path)
+    assert [(r.step, r.train_reward, r.loss) for r in rows] == [(0, 0.25, None), (1, None, 0.5)]
+    assert read_best(tmp_path) is None
+    best_dir(tmp_path).mkdir(parents=True)
+    (best_dir(tmp_path) / BEST_INFO).write_text('{"step": 3, "val_reward": 0.5}\n')  # written before it had a version
+    best = read_best(tmp_path)
+    assert best is not None and (best.step, best.val_reward, best.schema_version) == (3, 0.5, 1)

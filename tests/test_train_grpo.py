@@ -142,7 +142,7 @@ def test_a_group_with_equal_rewards_contributes_no_gradient(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from agentrft.train.monitor import read_metrics
+    from agentrft.train.metrics import read_metrics
 
     result, seen = one_step(tmp_path, synth_dir, tiny_model_dir, tool_server, AnswerGrader(same=True), monkeypatch)
     [inputs] = seen

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from agentrft.config import config_from_dict
-from agentrft.train.monitor import read_metrics
+from agentrft.train.metrics import read_metrics
 from agentrft.train.vllm_rollouts import VLLMRollouts, _groups
 
 from conftest import TOOL_TOKEN

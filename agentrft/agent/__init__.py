@@ -3,8 +3,8 @@
 Heavy imports (torch, transformers) happen when a policy module is imported, not here.
 """
 
-from .episode import Episode, ParsedCall, Reply
+from .episode import Episode, Reply
 from .loop import rollout, run_rollouts
 from .settings import RolloutSettings
 
-__all__ = ["Episode", "ParsedCall", "Reply", "RolloutSettings", "rollout", "run_rollouts"]
+__all__ = ["Episode", "Reply", "RolloutSettings", "rollout", "run_rollouts"]

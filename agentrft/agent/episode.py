@@ -10,18 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..schema import Row, StopReason, Trajectory, Turn
-
-
-@dataclass
-class ParsedCall:
-    """One tool call as the model wrote it. ``error`` is set when it could not be parsed."""
-
-    name: str
-    args: dict[str, Any]
-    raw: str | None = None
-    error: str | None = None
-    call_id: str = ""
+from ..schema import Row, StopReason, ToolCallTurn, Trajectory, Turn
 
 
 @dataclass
@@ -29,7 +18,9 @@ class Reply:
     """One assistant turn: its text, the tool calls in it, and how generation ended."""
 
     content: str
-    calls: list[ParsedCall] = field(default_factory=list)
+    calls: list[ToolCallTurn] = field(default_factory=list)
+    """The tool calls as the model wrote them; one that could not be parsed keeps ``raw`` and ``error``,
+    and one with no ``call_id`` yet gets one from the loop."""
     finished: bool = True
     """False when a token limit cut the turn before the model ended it."""
     out_of_budget: bool = False
@@ -83,4 +74,4 @@ class Episode:
         )
 
 
-__all__ = ["Episode", "ParsedCall", "Reply"]
+__all__ = ["Episode", "Reply"]

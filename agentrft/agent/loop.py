@@ -2,9 +2,9 @@
 
 One loop serves the prior check, training and evaluation, so what is trained is what is measured.
 Each round asks the policy for one turn of every unfinished rollout (one batched generation) and
-runs every tool call of that round, across all rollouts, concurrently over HTTP; a policy that hands
-each reply over as soon as it is final (``on_reply``) has its rollouts' tool calls start while the
-rest of the batch is still generating. The next round starts when every call of this one has
+runs every tool call of that round, across all rollouts, concurrently over HTTP; each reply's tool
+calls start as soon as the policy hands it over (``on_reply``), while the rest of the batch is still
+generating. The next round starts when every call of this one has
 returned, so what the model sees never depends on timing. A rollout ends at a final answer, at the
 tool-call budget, or at the token budget. Malformed calls, unknown
 tools and tool errors never raise: they are recorded and the model sees an error message instead;
@@ -15,7 +15,6 @@ so does a call the tool server never answered (down after the client's retries, 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import time
 from collections.abc import Callable, Coroutine
@@ -23,13 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..schema import MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
-from ..tools.client import ToolServerUnavailable
-from .episode import Episode, ParsedCall, Reply
+from ..tools.client import ToolClient, ToolServerUnavailable
+from .episode import Episode, Reply
 from .settings import RolloutSettings
 
 if TYPE_CHECKING:
-    from ..tools.client import ToolClient
-    from .policy import Policy
+    from .policy import Policy  # torch, through the local policy
 
 T = TypeVar("T")
 
@@ -65,7 +63,6 @@ async def run_rollouts(
     for row in rows:
         specs = [spec.model_dump(exclude_none=True) for spec in row.tools] if row.tools else server_specs
         episodes.extend(new_episode(row, k, settings.system_prompt, list(specs or [])) for k in range(samples_per_row))
-    early = "on_reply" in inspect.signature(policy.generate).parameters
     active = list(episodes)
     while active:
         calls: dict[int, asyncio.Future[None]] = {}
@@ -74,10 +71,8 @@ async def run_rollouts(
             if index not in calls:  # the policy handed this reply over already
                 calls[index] = asyncio.ensure_future(_run_calls(tools, _take_reply(round_[index], reply, settings)))
 
-        if early:  # tool calls start while the rest of the batch is still generating
-            replies = await policy.generate(active, settings, on_reply=take)
-        else:
-            replies = await policy.generate(active, settings)
+        # Tool calls start as each reply is handed over, while the rest of the batch still generates.
+        replies = await policy.generate(active, settings, on_reply=take)
         if len(replies) != len(active):
             raise RuntimeError(f"policy {policy.name} returned {len(replies)} replies for {len(active)} rollouts")
         for index, reply in enumerate(replies):
@@ -94,7 +89,7 @@ async def run_rollouts(
     return [episode.to_trajectory(policy.name, settings.seed) for episode in episodes]
 
 
-def _take_reply(episode: Episode, reply: Reply, settings: RolloutSettings) -> list[tuple[Episode, ParsedCall]]:
+def _take_reply(episode: Episode, reply: Reply, settings: RolloutSettings) -> list[tuple[Episode, ToolCallTurn]]:
     """Record one assistant turn; return the tool calls to run (none when the rollout ends here)."""
     episode.replies += 1
     if reply.out_of_budget:
@@ -120,9 +115,7 @@ def _take_reply(episode: Episode, reply: Reply, settings: RolloutSettings) -> li
         episode.stop_reason = "max_tool_calls"
         not_run = f"not run: the tool-call budget ({settings.max_tool_calls}) is spent"
     for call in reply.calls:
-        episode.turns.append(
-            ToolCallTurn(call_id=call.call_id, name=call.name, args=call.args, raw=call.raw, error=call.error or not_run)
-        )
+        episode.turns.append(call.model_copy(update={"error": call.error or not_run}))
     if not_run:
         return []
     episode.n_tool_calls += len(reply.calls)
@@ -144,14 +137,14 @@ def _assistant_message(reply: Reply) -> dict[str, Any]:
     return {"role": "assistant", "content": reply.content, "tool_calls": calls}
 
 
-async def _run_calls(tools: ToolClient, jobs: list[tuple[Episode, ParsedCall]]) -> None:
+async def _run_calls(tools: ToolClient, jobs: list[tuple[Episode, ToolCallTurn]]) -> None:
     """Run one reply's tool calls concurrently; record their results in call order."""
     results = await asyncio.gather(*(_run_call(tools, episode, call) for episode, call in jobs))
     for (episode, call), result in zip(jobs, results, strict=True):
         _record_result(episode, call, *result)
 
 
-async def _run_call(tools: ToolClient, episode: Episode, call: ParsedCall) -> tuple[str, bool, float]:
+async def _run_call(tools: ToolClient, episode: Episode, call: ToolCallTurn) -> tuple[str, bool, float]:
     """Run one call; malformed and unknown calls get an error the model can read, without a request."""
     if call.error:
         return f"Error: {call.error}. Write one JSON object with \"name\" and \"arguments\".", True, 0.0
@@ -166,7 +159,7 @@ async def _run_call(tools: ToolClient, episode: Episode, call: ParsedCall) -> tu
     return reply.output, reply.is_error, reply.latency_ms
 
 
-def _record_result(episode: Episode, call: ParsedCall, output: str, is_error: bool, latency_ms: float) -> None:
+def _record_result(episode: Episode, call: ToolCallTurn, output: str, is_error: bool, latency_ms: float) -> None:
     name = call.name or "invalid"
     episode.turns.append(
         ToolResultTurn(call_id=call.call_id, name=name, output=output, is_error=is_error, latency_ms=latency_ms)
@@ -194,8 +187,6 @@ def rollout(
     progress: Callable[[int], None] | None = None,
 ) -> list[Trajectory]:
     """Sync wrapper: open a ToolClient on ``tools_url`` and run ``run_rollouts``."""
-    from ..tools.client import ToolClient
-
     async def main() -> list[Trajectory]:
         async with ToolClient(tools_url, token=token, timeout_s=settings.tool_timeout_s) as client:
             return await run_rollouts(rows, policy, client, settings, samples_per_row, progress)

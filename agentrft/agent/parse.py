@@ -4,7 +4,7 @@ transformers' ``tokenizer.parse_response`` reads the model's own format (Qwen's 
 Llama 3's python tags, …) from a ``response_template``; TRL's ``add_response_schema`` supplies one for
 the chat templates it knows, so a Qwen2.5, Qwen3 or Llama-3 model parses unchanged. What the parser
 cannot read is kept, not dropped: a turn that opened a tool call but did not close valid JSON becomes
-a ``ParsedCall`` with ``error`` and ``raw`` set, so the trajectory records it and the model is told.
+a ``ToolCallTurn`` with ``error`` and ``raw`` set, so the trajectory records it and the model is told.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import re
 from typing import Any
 
 from ..errors import UserError
-from .episode import ParsedCall, Reply
+from ..schema import ToolCallTurn
+from .episode import Reply
 
 
 def ensure_response_parser(tokenizer: Any, source: str = "the tokenizer") -> None:
@@ -45,12 +46,12 @@ def _tool_call_opener(tokenizer: Any) -> re.Pattern[str] | None:
     return None
 
 
-def _normalise_call(call: Any) -> ParsedCall:
-    """One parsed tool call → ParsedCall, with an error for shapes the tools cannot run."""
+def _normalise_call(call: Any) -> ToolCallTurn:
+    """One parsed tool call → ToolCallTurn (no call id yet), with an error for shapes the tools cannot run."""
     raw = json.dumps(call, ensure_ascii=False, default=str)
     function = call.get("function", call) if isinstance(call, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-        return ParsedCall(name="", args={}, raw=raw, error="tool call has no function name")
+        return ToolCallTurn(call_id="", name="", args={}, raw=raw, error="tool call has no function name")
     name, args = function["name"], function.get("arguments")
     if args is None:
         args = {}
@@ -58,10 +59,10 @@ def _normalise_call(call: Any) -> ParsedCall:
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as exc:
-            return ParsedCall(name=name, args={}, raw=raw, error=f"arguments are not valid JSON ({exc.msg})")
+            return ToolCallTurn(call_id="", name=name, args={}, raw=raw, error=f"arguments are not valid JSON ({exc.msg})")
     if not isinstance(args, dict):
-        return ParsedCall(name=name, args={}, raw=raw, error="arguments must be a JSON object")
-    return ParsedCall(name=name, args=args)
+        return ToolCallTurn(call_id="", name=name, args={}, raw=raw, error="arguments must be a JSON object")
+    return ToolCallTurn(call_id="", name=name, args=args)
 
 
 def parse_reply(
@@ -99,7 +100,7 @@ def _unparsed_reply(tokenizer: Any, ids: list[int], error: str, finished: bool) 
     if match is None:
         return Reply(content=text.strip(), finished=finished)
     first_line = error.strip().splitlines()[0] if error.strip() else "unparseable"
-    call = ParsedCall(name="", args={}, raw=text[match.start() :], error=f"malformed tool call: {first_line}")
+    call = ToolCallTurn(call_id="", name="", args={}, raw=text[match.start() :], error=f"malformed tool call: {first_line}")
     return Reply(content=text[: match.start()].strip(), calls=[call], finished=finished)
 
 

@@ -1,9 +1,9 @@
 """Policies: what produces the assistant's next turn. A local model, or any OpenAI-compatible endpoint.
 
-A policy is one async method, ``generate(episodes, settings) -> replies``: one assistant turn for
-every episode of the batch, in order. A policy may also take ``on_reply=callback`` and call
-``callback(index, reply)`` as each reply is final, so the loop can start that rollout's tool calls
-early. The loop owns tools, budgets and turns; the policy owns how text is produced (and, for a local
+A policy is one async method, ``generate(episodes, settings, on_reply=None) -> replies``: one
+assistant turn for every episode of the batch, in order. When ``on_reply`` is given the policy calls
+``on_reply(index, reply)`` once per reply as soon as it is final (a policy that finishes the batch at
+once calls it at the end), so the loop can start that rollout's tool calls early. The loop owns tools, budgets and turns; the policy owns how text is produced (and, for a local
 model, the token ids and loss mask).
 """
 
@@ -16,10 +16,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
+import httpx
+import torch
+
 from ..errors import UserError
-from .episode import Episode, ParsedCall, Reply
+from ..schema import ToolCallTurn
+from .episode import Episode, Reply
 from .local import LocalPolicy
 from .settings import RolloutSettings
+from .vllm import vllm_policy
 
 
 @runtime_checkable
@@ -29,13 +34,18 @@ class Policy(Protocol):
     Example (a policy that always answers "42"):
         >>> class Constant:
         ...     name = "constant"
-        ...     async def generate(self, episodes, settings):
-        ...         return [Reply(content="42") for _ in episodes]
+        ...     async def generate(self, episodes, settings, on_reply=None):
+        ...         replies = [Reply(content="42") for _ in episodes]
+        ...         for index, reply in enumerate(replies):
+        ...             if on_reply is not None:
+        ...                 on_reply(index, reply)
+        ...         return replies
     """
 
     name: str
 
-    async def generate(self, episodes: list[Episode], settings: RolloutSettings) -> list[Reply]: ...
+    async def generate(self, episodes: list[Episode], settings: RolloutSettings,
+                       on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]: ...
 
 
 def chat_completions_base(url: str) -> str:
@@ -54,8 +64,6 @@ class EndpointPolicy:
     calls come from the response's ``tool_calls``; arguments that are not valid JSON are recorded as
     malformed calls. Token budgets are counted from the response's ``usage``.
     """
-
-    tracks_tokens = False
 
     def __init__(
         self,
@@ -147,8 +155,6 @@ def is_endpoint(model: str) -> bool:
 
 def served_model_name(base_url: str, api_key: str | None = None) -> str:
     """The first model an OpenAI-compatible server lists at ``/v1/models`` (vLLM serves one)."""
-    import httpx
-
     url = chat_completions_base(base_url) + "/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
@@ -162,8 +168,6 @@ def load_policy(model: str, served_model: str | None = None, device: str | None 
     """An http(s) URL → EndpointPolicy; a model folder (or hub id) → LocalPolicy on the GPU if there is one."""
     if is_endpoint(model):
         return EndpointPolicy(model, served_model or served_model_name(model))
-    import torch
-
     return LocalPolicy.from_pretrained(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -176,8 +180,6 @@ def open_policy(model: str, served_model: str | None = None, engine: str = "loca
     if engine == "vllm":
         if is_endpoint(model):
             raise UserError(f"--engine vllm takes a model folder, not a URL ({model}); pass the server as --vllm-url")
-        from .vllm import vllm_policy
-
         with vllm_policy(model, vllm_url) as policy:
             yield policy
         return
@@ -186,7 +188,8 @@ def open_policy(model: str, served_model: str | None = None, engine: str = "loca
     yield load_policy(model, served_model)
 
 
-def _endpoint_call(call: Any) -> ParsedCall:
+def _endpoint_call(call: Any) -> ToolCallTurn:
+    """One tool call of an OpenAI reply; arguments that are not a JSON object keep ``raw`` and ``error``."""
     function = getattr(call, "function", None)
     name = getattr(function, "name", "") or ""
     raw = getattr(function, "arguments", "") or ""
@@ -194,12 +197,12 @@ def _endpoint_call(call: Any) -> ParsedCall:
     try:
         args = json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError as exc:
-        return ParsedCall(name=name, args={}, raw=raw, error=f"arguments are not valid JSON ({exc.msg})", call_id=call_id)
+        return ToolCallTurn(call_id=call_id, name=name, raw=raw, error=f"arguments are not valid JSON ({exc.msg})")
     if not isinstance(args, dict):
-        return ParsedCall(name=name, args={}, raw=raw, error="arguments must be a JSON object", call_id=call_id)
+        return ToolCallTurn(call_id=call_id, name=name, raw=raw, error="arguments must be a JSON object")
     if not name:
-        return ParsedCall(name="", args=args, raw=raw, error="tool call has no function name", call_id=call_id)
-    return ParsedCall(name=name, args=args, call_id=call_id)
+        return ToolCallTurn(call_id=call_id, name="", args=args, raw=raw, error="tool call has no function name")
+    return ToolCallTurn(call_id=call_id, name=name, args=args)
 
 
 __all__ = [

@@ -70,8 +70,6 @@ class VLLMPolicy:
     context (``max_model_len``) ends. Turns stop at the tokenizer's and generation config's end tokens.
     """
 
-    tracks_tokens = True
-
     def __init__(self, url: str, tokenizer: Any = None, *, model: str | None = None, max_concurrency: int = 32,
                  timeout_s: float = 600.0, stop_ids: list[int] | None = None) -> None:
         """``tokenizer``: a tokenizer, or a folder to load one from; None loads the served model's.

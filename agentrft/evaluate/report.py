@@ -15,10 +15,11 @@ from typing import Any
 
 from ..errors import UserError
 from ..files import read_text, refuse_overwrite
-from ..jsonl import iter_json_lines
-from ..schema import MessageTurn, Row, ToolCallTurn, ToolResultTurn, Trajectory
+from ..schema import MessageTurn, MetricsRow, Row, ToolCallTurn, ToolResultTurn, Trajectory
+from ..train.metrics import METRICS_FILE, read_metric_lines
 from .compare import Comparison, RowDiff, compare_runs, format_comparison
 from .inspect import call_text, format_delta_tools, prompt_of
+from .plots import curve_svg, curves_from_metrics, slice_bars_svg
 from .records import TraceStore, load_eval, load_rows
 
 TEMPLATE = "report.html.jinja"
@@ -53,21 +54,14 @@ class RowView:
     samples: int = 1
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
-    """Rows of metrics.jsonl that are JSON objects, and a note for each line that is not.
+def read_metrics(path: Path) -> tuple[list[MetricsRow], list[str]]:
+    """The rows of metrics.jsonl, and a note for each line that is not one.
 
     A missing file, or a cut last line, is a run still starting or still writing: a note, not an
     error. A file that cannot be read at all (a directory, not UTF-8) is one.
     """
-    if not path.exists():
-        return [], []
-    rows, notes = [], []
-    for number, value, error in iter_json_lines(path, "a metrics JSONL file"):
-        if error or not isinstance(value, dict):
-            notes.append(f"{path.name}:{number}: {error or 'not a JSON object'}; skipped")
-        else:
-            rows.append(value)
-    return rows, notes
+    rows, problems = read_metric_lines(path)
+    return rows, [f"{path.name}:{number}: {why}; skipped" for number, why in problems]
 
 
 def turn_views(trajectory: Trajectory) -> list[dict[str, Any]]:
@@ -135,10 +129,8 @@ def build_context(
     run_dir: Path, base: Path | None = None, tuned: Path | None = None, rows: Path | None = None
 ) -> dict[str, Any]:
     """Everything the template shows, computed from the files."""
-    from .plots import curve_svg, curves_from_metrics, slice_bars_svg
-
-    metrics, metric_notes = read_metrics(run_dir / "metrics.jsonl")
-    curves, missing = curves_from_metrics(metrics)
+    metrics, metric_notes = read_metrics(run_dir / METRICS_FILE)
+    curves, missing = curves_from_metrics([row.model_dump() for row in metrics])
     config_path = run_dir / "config.yaml"
     context: dict[str, Any] = {
         "title": run_dir.resolve().name,
@@ -146,7 +138,7 @@ def build_context(
         "has_metrics": bool(metrics),
         "metric_steps": len(metrics),
         "metric_notes": metric_notes,
-        "aborts": [f"step {row.get('step')}: {row['abort']}" for row in metrics if row.get("abort")],
+        "aborts": [f"step {row.step}: {row.abort}" for row in metrics if row.abort],
         "curves": [{"title": c.title, "svg": curve_svg(c), "last": c.values[-1]} for c in curves],
         "missing_curves": missing,
         "config": read_text(config_path, "a YAML config") if config_path.exists() else None,
@@ -204,7 +196,7 @@ def write_report(
         raise UserError(f"{run_dir}: no such run directory (expected config.yaml, metrics.jsonl, eval/)")
     target = Path(out) if out else run_dir / "report.html"
     inputs = (Path(p) for p in (base, tuned, rows) if p)
-    refuse_overwrite(target, run_dir / "metrics.jsonl", run_dir / "config.yaml", *inputs)
+    refuse_overwrite(target, run_dir / METRICS_FILE, run_dir / "config.yaml", *inputs)
     context = build_context(
         run_dir,
         Path(base) if base else None,

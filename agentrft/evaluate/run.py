@@ -23,17 +23,21 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..agent.loop import run_rollouts, run_sync
+from ..agent.settings import RolloutSettings
+from ..config import load_config
 from ..errors import UserError
-from ..files import read_text, refuse_overwrite
+from ..files import refuse_overwrite
+from ..graders import Grader, default_grader, grade_all, load_grader
 from ..jsonl import read_models, write_models
 from ..schema import EvalRecord, Row, ToolResultTurn, Trajectory
+from ..tools.client import ToolClient, ToolServerUnavailable, read_token
 from .records import traces_path_for
-
-if TYPE_CHECKING:
-    from ..agent.settings import RolloutSettings
-    from ..graders import Grader
 
 # Rows per rollout call: big enough to batch generation, small enough that an interrupted run
 # loses little and the progress bar moves.
@@ -101,23 +105,20 @@ class EvalSummary:
 
 
 def _read_token(options: EvalOptions, config_token: str | None) -> str | None:
+    """``--token-file`` wins; else the config's token; else the TOOL_BEARER environment variable."""
     if options.token_file is not None:
         try:
-            return read_text(options.token_file, "a token file").strip() or None
+            return read_token(options.token_file)
         except UserError as exc:
             raise UserError(f"--token-file {exc}") from None
-    return config_token or os.environ.get("TOOL_BEARER")
+    return config_token or read_token()
 
 
 def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | None, str | Path | None]:
     """Rollout settings, tool server URL, token and grader path, from the flags and the config."""
-    from ..agent.settings import RolloutSettings
-
     fields: dict[str, Any] = {"seed": options.seed}
     tools_url, config_token, grader = options.tools_url, None, options.grader
     if options.config is not None:
-        from ..config import load_config
-
         cfg = load_config(options.config)
         for name in ("max_tool_calls", "max_trajectory_tokens", "max_new_tokens", "top_p", "top_k", "system_prompt"):
             fields[name] = getattr(cfg, name)
@@ -137,7 +138,7 @@ def resolve_settings(options: EvalOptions) -> tuple[RolloutSettings, str, str | 
 
 def fit_policy(policy: Any, options: EvalOptions, settings: RolloutSettings) -> tuple[Any, RolloutSettings]:
     """For a local model, the token budget fits its context (vLLM cuts turns at its own context)."""
-    from ..agent.local import LocalPolicy
+    from ..agent.local import LocalPolicy  # torch
 
     if not isinstance(policy, LocalPolicy):
         return policy, settings
@@ -156,7 +157,7 @@ def fit_policy(policy: Any, options: EvalOptions, settings: RolloutSettings) -> 
 def _same_model(a: str, b: str) -> bool:
     if a == b:
         return True
-    from ..agent.policy import is_endpoint
+    from ..agent.policy import is_endpoint  # torch
 
     return not is_endpoint(a) and not is_endpoint(b) and Path(a).resolve() == Path(b).resolve()
 
@@ -200,9 +201,6 @@ async def _run_batches(
     todo: list[tuple[Row, set[int]]], options: EvalOptions, policy: Any, grader: Grader,
     settings: RolloutSettings, tools_url: str, token: str | None, advance: Any,
 ) -> int:
-    from ..agent.loop import run_rollouts
-    from ..graders import grade_all
-    from ..tools.client import ToolClient, ToolServerUnavailable
 
     traces = traces_path_for(options.out)
     trace_file = os.path.relpath(traces, options.out.parent)
@@ -247,12 +245,7 @@ def _summary(options: EvalOptions, written: int, skipped: int) -> EvalSummary:
 
 def evaluate(options: EvalOptions) -> EvalSummary:
     """Evaluate a model on a dataset into ``options.out`` (appending; rows already there are skipped)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..agent.loop import run_sync
-    from ..agent.policy import open_policy
-    from ..graders import default_grader, load_grader
+    from ..agent.policy import open_policy  # torch
 
     refuse_overwrite(options.out, options.data)
     rows = read_models(options.data, Row)[: options.limit]

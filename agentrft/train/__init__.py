@@ -18,11 +18,9 @@ _LAZY = {
     "agent_loop_runner": ".rollout",
     "check_trl_contract": ".rollout",
     "to_trl_batch": ".rollout",
-    "AbortRules": ".monitor",
-    "MetricsRow": ".monitor",
+    "AbortRules": ".abort",
     "Monitor": ".monitor",
-    "TraceRecord": ".monitor",
-    "read_metrics": ".monitor",
+    "read_metrics": ".metrics",
 }
 
 

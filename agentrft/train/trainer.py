@@ -63,7 +63,8 @@ from ..hardware import cpu_has_native_bf16
 from ..jsonl import read_models
 from ..schema import Row
 from .logprobs import GeneratedTokens, covers, install_compact_logprobs
-from .monitor import Monitor, trim_metrics
+from .metrics import trim_metrics
+from .monitor import Monitor
 from .rollout import AgentRollouts, RolloutRunner, agent_loop_runner, check_trl_contract
 from .vllm_rollouts import VLLMRollouts
 
@@ -279,8 +280,8 @@ def _train(cfg: TrainConfig, rows: list[Row], val_rows: list[Row], checkpoint: P
         steps=trainer.state.global_step,
         aborted=monitor.abort_reason,
         abort_step=monitor.abort_step,
-        best_step=best["step"] if best else None,
-        best_val_reward=best["val_reward"] if best else None,
+        best_step=best.step if best else None,
+        best_val_reward=best.val_reward if best else None,
         best_dir=monitor.best_dir if best else None,
         last_checkpoint=last_checkpoint(cfg.output_dir),
     )

@@ -282,6 +282,9 @@ class MetricsRow(_RunFile):
     step_time_s: float | None = None
     completion_tokens: float | None = Field(default=None, description="Mean policy tokens per trajectory.")
     no_grade: float | None = Field(default=None, description="Share of trajectories the grader could not grade.")
+    tool_error_rate: float | None = Field(
+        default=None, description="Share of training tool calls whose result was an error (server down, timeout, bad call)."
+    )
     weight_sync_s: float | None = Field(
         default=None, description="Seconds pushing the new weights to the vLLM servers before this step's rollouts."
     )

@@ -360,3 +360,65 @@ def test_serve_answers_503_when_the_production_tools_are_down(tiny_model_dir: Pa
         assert reply.status_code == 503 and time.monotonic() - start < 10
         detail = reply.json()["detail"]
         assert detail.startswith(f"production tools: tool server {dead} unreachable") and "\n" not in detail
+
+
+# --- the tool server killed and restarted during training -------------------------------------------
+
+
+def test_tool_server_killed_and_restarted_mid_training(
+    synth_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three GRPO steps whose rollouts search: the server is killed before step 2's rollouts and back for
+    step 3's. Step 2's calls come back as tool errors, training goes on, and the rate is a metric."""
+    import torch
+
+    from agentrft.agent.loop import RolloutSettings, rollout
+    from agentrft.agent.testing import ScriptedLocalPolicy, tool_call_text
+    from agentrft.config import config_from_dict
+    from agentrft.train.metrics import read_metrics
+    from agentrft.train.trainer import train
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    port, log = _free_port(), tmp_path / "tools.log"
+    url = f"http://127.0.0.1:{port}"
+    server = {"proc": _start_tool_server(synth_dir / "corpus", port, token_file, log)}
+    steps = {"n": 0}
+
+    def script(messages: list[dict]) -> str:
+        if not any(m["role"] == "tool" for m in messages):
+            return tool_call_text("search", {"query": "Atlas Corp revenue"})
+        return "Revenue: $107M"
+
+    def runner(rows, model, tokenizer, greedy, seed):  # type: ignore[no-untyped-def]
+        steps["n"] += 1
+        if steps["n"] == 2:
+            server["proc"].kill()
+            server["proc"].wait()
+        elif steps["n"] == 3:
+            server["proc"] = _start_tool_server(synth_dir / "corpus", port, token_file, log)
+        settings = RolloutSettings(max_tool_calls=2, max_trajectory_tokens=1024, max_new_tokens=32, seed=seed)
+        return rollout(rows, ScriptedLocalPolicy(model, tokenizer, script), url, TOKEN, settings)
+
+    class Graded:
+        name = "coin"
+
+        def grade(self, row: Row, trajectory: Trajectory) -> Any:
+            from agentrft.schema import Grade
+
+            return Grade(reward=float(trajectory.sample_index % 2), grader=self.name)
+
+    monkeypatch.setenv("TOOL_BEARER", TOKEN)
+    torch.set_num_threads(1)
+    config = config_from_dict(dict(
+        train_path=str(synth_dir / "research_train.jsonl"), val_path=None, base_model=str(tiny_model_dir),
+        tools_url=url, group_size=2, batch_size=2, max_steps=3, temperature=1.0, learning_rate=1e-4,
+        warmup_steps=0, seed=0, lora=None, bf16=False, output_dir=str(tmp_path / "run"), trace_samples=0,
+    ))
+    try:
+        result = train(config, runner=runner, grader=Graded())
+    finally:
+        server["proc"].kill()
+    assert result.steps == 3 and result.aborted is None
+    rates = [row.tool_error_rate for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if row.step >= 1]
+    assert rates == [0.0, 1.0, 0.0]

@@ -13,6 +13,7 @@ TABLE_COLUMNS = (
     ("step", "step", "{:d}"),
     ("val_reward", "val_reward", "{:.2f}"),
     ("tool_calls", "tool_calls", "{:.1f}"),
+    ("tool_err", "tool_error_rate", "{:.2f}"),
     ("kl_to_ref", "kl_to_ref", "{:.3f}"),
     ("loss", "loss", "{:.2f}"),
     ("reward", "train_reward", "{:.2f}"),

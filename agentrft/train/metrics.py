@@ -35,6 +35,7 @@ _TRL_KEYS = {
     "tool_calls": "tool_calls",
     "completions/mean_length": "completion_tokens",
     "no_grade": "no_grade",
+    "tool_errors": "tool_error_rate",
     "weight_sync_s": "weight_sync_s",
 }
 

@@ -31,7 +31,7 @@ import torch
 from ..agent.loop import rollout
 from ..agent.policy import LocalPolicy
 from ..config import TrainConfig
-from ..schema import Grade, Row, Trajectory
+from ..schema import Grade, Row, ToolResultTurn, Trajectory
 from .logprobs import GeneratedTokens
 
 REQUIRED_KEYS = ("prompt_ids", "completion_ids", "logprobs")
@@ -191,6 +191,8 @@ class AgentRollouts:
             grades = [self.grader.grade(self.rows_by_id[rid], traj) for rid, traj in zip(row_id, trajectory)]
             if log_metric is not None and trajectory:
                 log_metric("tool_calls", sum(t.n_tool_calls for t in trajectory) / len(trajectory))
+                results = [turn for t in trajectory for turn in t.turns if isinstance(turn, ToolResultTurn)]
+                log_metric("tool_errors", sum(r.is_error for r in results) / len(results) if results else 0.0)
                 log_metric("no_grade", sum(not g.graded for g in grades) / len(grades))
                 log_metric("answered", sum(t.stop_reason == "answer" for t in trajectory) / len(trajectory))
                 step_metrics = getattr(self.runner, "step_metrics", None)  # e.g. the vLLM weight push

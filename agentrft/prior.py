@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .agent.loop import run_rollouts, run_sync
+from .agent.settings import fit_context
 from .config import load_config
 from .errors import UserError
 from .files import refuse_overwrite
@@ -200,7 +201,7 @@ def prior_check_command(
     grader = load_grader(cfg.grader) if cfg.grader else default_grader()
     out = out or cfg.output_dir / "prior.jsonl"
     with open_policy(model or cfg.base_model, served_model, engine, vllm_url) as policy:
-        settings = rollout_settings(cfg, policy)
+        settings = fit_context(cfg.rollout_settings(seed=cfg.seed), policy)
         _out.print(
             f"prior check: {len(rows)} rows × {rollouts} rollouts of {policy.name} "
             f"(temperature {settings.temperature:g}; success = reward ≥ {threshold:g} from {grader.name})",
@@ -231,19 +232,6 @@ def prior_check_command(
         kept = [row for row in rows if row.id in keep]
         write_models(write_filtered, kept)
         _out.print(f"wrote {write_filtered} ({len(kept)} rows in the signal band)", markup=False)
-
-
-def rollout_settings(cfg: Any, policy: Any) -> Any:
-    """The config's sampling and budgets; a local model's token budget is capped at its context length."""
-    from .agent.local import LocalPolicy  # torch
-
-    settings = cfg.rollout_settings(seed=cfg.seed)
-    if isinstance(policy, LocalPolicy):
-        # A trajectory longer than the model's position table is outside anything it can attend to.
-        limit = getattr(policy.model.config, "max_position_embeddings", None)
-        if limit and settings.max_trajectory_tokens > limit:
-            settings = settings.model_copy(update={"max_trajectory_tokens": int(limit)})
-    return settings
 
 
 def register(app: typer.Typer) -> None:

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .agent.episode import Episode, Reply
 from .agent.loop import run_rollouts
-from .agent.settings import RolloutSettings
+from .agent.settings import RolloutSettings, fit_context
 from .errors import UserError
 from .jsonl import write_models
 from .schema import Row, RowMetadata, StopReason, ToolSpec, Turn
@@ -420,7 +420,7 @@ def register(app: typer.Typer) -> None:
         """→ production: serve the tuned model with production tools; trace every call separately."""
         import uvicorn
 
-        from .agent.policy import LocalPolicy, open_policy  # torch
+        from .agent.policy import open_policy  # torch
 
         key = None
         if api_key_env:
@@ -432,13 +432,9 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--tool-timeout must be positive, got {tool_timeout:g}")
         token = read_token(tools_token_file)
         with open_policy(str(model), engine=engine, vllm_url=vllm_url) as policy:
-            positions = max_trajectory_tokens
-            if isinstance(policy, LocalPolicy):
-                # A conversation longer than the model's position table is outside anything it was trained on.
-                positions = getattr(policy.model.config, "max_position_embeddings", None) or max_trajectory_tokens
-            settings = RolloutSettings(temperature=temperature, max_tool_calls=max_tool_calls,
-                                       max_trajectory_tokens=min(max_trajectory_tokens, positions),
-                                       max_new_tokens=max_new_tokens, tool_timeout_s=tool_timeout)
+            settings = fit_context(RolloutSettings(temperature=temperature, max_tool_calls=max_tool_calls,
+                                                   max_trajectory_tokens=max_trajectory_tokens,
+                                                   max_new_tokens=max_new_tokens, tool_timeout_s=tool_timeout), policy)
             if warning:
                 typer.echo(f"warning: {warning}", err=True)
             app = create_app(policy, tools_url, token, settings, traces, key, concurrent=engine == "vllm")

@@ -341,3 +341,17 @@ def test_sampling_draws_each_token_at_its_probability_and_never_an_excluded_one(
     assert torch.allclose(logps[0::2], torch.log(kept[torch.tensor([0, 1, -1, -1, 2])[first]]), atol=1e-5)
     again, _ = choose(logits, settings, torch.Generator().manual_seed(0))
     assert torch.equal(tokens, again)  # the same generator state draws the same tokens
+
+
+def test_the_trajectory_budget_fits_a_local_models_context(model_and_tokenizer) -> None:
+    from agentrft.agent.local import LocalPolicy
+    from agentrft.agent.policy import EndpointPolicy
+    from agentrft.agent.settings import fit_context
+
+    model, tokenizer = model_and_tokenizer
+    limit = model.config.max_position_embeddings
+    local = LocalPolicy(model, tokenizer)
+    assert fit_context(RolloutSettings(max_trajectory_tokens=limit * 4), local).max_trajectory_tokens == limit
+    assert fit_context(RolloutSettings(max_trajectory_tokens=limit // 2), local).max_trajectory_tokens == limit // 2
+    endpoint = EndpointPolicy("http://127.0.0.1:9/v1", "m")  # its server cuts turns at its own context
+    assert fit_context(RolloutSettings(max_trajectory_tokens=limit * 4), endpoint).max_trajectory_tokens == limit * 4

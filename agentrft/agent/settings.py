@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -30,4 +32,14 @@ class RolloutSettings(BaseModel):
     and the rollout goes on (the tool client is opened with it)."""
 
 
-__all__ = ["RolloutSettings"]
+def fit_context(settings: RolloutSettings, policy: Any) -> RolloutSettings:
+    """``settings`` with the trajectory budget capped at a local model's position table: a trajectory longer
+    than it is outside anything the model can attend to. Endpoints and vLLM cut turns at their own context."""
+    config = getattr(getattr(policy, "model", None), "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and 0 < limit < settings.max_trajectory_tokens:
+        return settings.model_copy(update={"max_trajectory_tokens": limit})
+    return settings
+
+
+__all__ = ["RolloutSettings", "fit_context"]

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..agent.loop import run_rollouts, run_sync
-from ..agent.settings import RolloutSettings
+from ..agent.settings import RolloutSettings, fit_context
 from ..config import load_config
 from ..errors import UserError
 from ..files import refuse_overwrite
@@ -143,15 +143,12 @@ def fit_policy(policy: Any, options: EvalOptions, settings: RolloutSettings) -> 
     if not isinstance(policy, LocalPolicy):
         return policy, settings
     policy.name = options.model
-    # A trajectory longer than the model's position table is outside anything it was trained on.
-    limit = getattr(policy.model.config, "max_position_embeddings", None)
-    updates: dict[str, Any] = {}
-    if limit and settings.max_trajectory_tokens > limit:
-        updates["max_trajectory_tokens"] = int(limit)
+    settings = fit_context(settings, policy)
     turn = getattr(policy.model.generation_config, "max_new_tokens", None)
     if options.config is None and turn:
-        updates["max_new_tokens"] = int(turn)  # the model's own turn length, unless a config says otherwise
-    return policy, settings.model_copy(update=updates)
+        # the model's own turn length, unless a config says otherwise
+        settings = settings.model_copy(update={"max_new_tokens": int(turn)})
+    return policy, settings
 
 
 def _same_model(a: str, b: str) -> bool:

@@ -30,6 +30,7 @@ import torch
 
 from ..agent.loop import rollout
 from ..agent.policy import LocalPolicy
+from ..agent.settings import fit_context
 from ..config import TrainConfig
 from ..schema import Grade, Row, ToolResultTurn, Trajectory
 from .logprobs import GeneratedTokens
@@ -214,8 +215,8 @@ def agent_loop_runner(cfg: TrainConfig, token: str | None) -> RolloutRunner:
     """The default runner: agentrft's agent loop with a LocalPolicy on the model being trained."""
 
     def run(rows: list[Row], model: Any, tokenizer: Any, greedy: bool, seed: int | None) -> list[Trajectory]:
-        settings = cfg.rollout_settings(greedy=greedy, seed=seed)
         policy = LocalPolicy(model, tokenizer, device=str(next(model.parameters()).device))
+        settings = fit_context(cfg.rollout_settings(greedy=greedy, seed=seed), policy)
         return rollout(rows, policy, cfg.tools_url, token, settings, samples_per_row=1)
 
     return run

@@ -66,6 +66,25 @@ from agentrft.tools.server import create_app  # noqa: E402
 TOKEN = "bench-token"
 
 
+def prepare(n_rows: int, threads: int, prefix: str) -> tuple[Path, list[Row], RolloutSettings]:
+    """Torch's threads set; a fresh 4-company corpus in a temporary folder, its first ``n_rows`` val rows, and
+    the rollout settings the tiny model was built for (shared by the rollout benches)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    synth(work, companies=4, seed=0)
+    rows = read_models(work / "research_val.jsonl", Row)[:n_rows]
+    settings = RolloutSettings(
+        max_tool_calls=prompts.MAX_TOOL_CALLS,
+        max_trajectory_tokens=prompts.MAX_TRAJECTORY_TOKENS,
+        max_new_tokens=prompts.MAX_NEW_TOKENS,
+        temperature=prompts.TEMPERATURE,
+        seed=0,
+    )
+    return work, rows, settings
+
+
 def slow_registry(corpus_dir: Path, latency_s: float, read_budget: int) -> Any:
     """agentrft's filings tools as ``agentrft tools serve`` has them (search through the query batcher),
     each answering ``latency_s`` later, without holding the server's event loop."""
@@ -314,17 +333,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
-    synth(work, companies=4, seed=0)
-    rows = read_models(work / "research_val.jsonl", Row)[: args.rows]
-    settings = RolloutSettings(
-        max_tool_calls=prompts.MAX_TOOL_CALLS,
-        max_trajectory_tokens=prompts.MAX_TRAJECTORY_TOKENS,
-        max_new_tokens=prompts.MAX_NEW_TOKENS,
-        temperature=prompts.TEMPERATURE,
-        seed=0,
-    )
+    work, rows, settings = prepare(args.rows, args.threads, "bench-rollout-")
     with tool_server_process(work / "corpus", args.latency_ms / 1000, prompts.READ_BUDGET_CHARS, args.threads) as url:
         model_dir = ensure_model(args.model, work, url)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)

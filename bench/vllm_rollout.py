@@ -22,24 +22,19 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rollout import ROOT, TOKEN, ensure_model, run_ours, tool_server_process  # noqa: E402
+from rollout import ROOT, TOKEN, ensure_model, prepare, run_ours, tool_server_process  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
 from agentrft.agent.loop import rollout  # noqa: E402
-from agentrft.agent.settings import RolloutSettings  # noqa: E402
 from agentrft.agent.vllm import VLLMPolicy, VLLMServer  # noqa: E402
 from agentrft.filings.model import prompts  # noqa: E402
-from agentrft.filings.synth import synth  # noqa: E402
-from agentrft.jsonl import read_models  # noqa: E402
-from agentrft.schema import Row  # noqa: E402
 
 
 def run_vllm(policy: Any, rows: list, url: str, settings: Any, samples: int) -> dict[str, float]:
@@ -68,17 +63,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="bench-vllm-rollout-"))
-    synth(work, companies=4, seed=0)
-    rows = read_models(work / "research_val.jsonl", Row)[: args.rows]
-    settings = RolloutSettings(
-        max_tool_calls=prompts.MAX_TOOL_CALLS,
-        max_trajectory_tokens=prompts.MAX_TRAJECTORY_TOKENS,
-        max_new_tokens=prompts.MAX_NEW_TOKENS,
-        temperature=prompts.TEMPERATURE,
-        seed=0,
-    )
+    work, rows, settings = prepare(args.rows, args.threads, "bench-vllm-rollout-")
     with tool_server_process(work / "corpus", args.latency_ms / 1000, prompts.READ_BUDGET_CHARS, args.threads) as url:
         model_dir = ensure_model(args.model, work, url)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -59,3 +59,16 @@ def vllm_server(tiny_model_dir: Path):
 
     with VLLMServer(tiny_model_dir, dtype="float32", lora_rank=8, dev_mode=True) as server:
         yield server
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``agentrft ARGS`` in this process: (exit code, stdout, stderr)."""
+    from agentrft.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

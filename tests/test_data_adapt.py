@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agentrft.cli import main
+from conftest import run_cli
 from agentrft.data.validate import validate_files
 from agentrft.graders import answer_trajectory, load_grader
 from agentrft.jsonl import read_models
@@ -17,16 +18,6 @@ from agentrft.tools.corpus import Corpus
 SAMPLES = Path(__file__).parent / "data" / "benchmarks"
 TATQA = SAMPLES / "tatqa_sample.json"
 FINQA = SAMPLES / "finqa_sample.json"
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -9,22 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from agentrft.cli import main
+from conftest import run_cli
 from agentrft.jsonl import read_models
 from agentrft.schema import Row
 
 ROWS = Path(__file__).parent / "data" / "rows"
 EXAMPLE_LOGS = Path(__file__).parent.parent / "examples" / "logs.jsonl"
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_synth_then_validate_prints_the_tutorial_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

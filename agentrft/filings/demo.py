@@ -25,6 +25,7 @@ import yaml
 from rich.console import Console
 
 from ..errors import UserError
+from ..train.cli import ABORT_EXIT_CODE
 from .model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
 from .model.measure import strategy_line
 from .model.prompts import READ_BUDGET_CHARS
@@ -49,7 +50,11 @@ MEASURE_ROWS = 16
 
 
 class StepFailed(Exception):
-    """A demo step's command exited non-zero."""
+    """A demo step's command exited non-zero (``code``)."""
+
+    def __init__(self, message: str, code: object = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -91,7 +96,7 @@ def agentrft(*args: str | Path) -> None:
         main(argv)
     except SystemExit as exc:
         if exc.code not in (0, None):
-            raise StepFailed(f"agentrft {argv[0]} exited with {exc.code}") from None
+            raise StepFailed(f"agentrft {argv[0]} exited with {exc.code}", exc.code) from None
 
 
 @contextmanager
@@ -201,7 +206,15 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
         if demo.run_dir.exists():  # the demo's own run from an earlier `make demo`: start afresh
             console.print(f"removing the previous demo run in {demo.run_dir}")
             shutil.rmtree(demo.run_dir)
-        agentrft("train", demo.config)
+        try:
+            agentrft("train", demo.config)
+        except StepFailed as exc:
+            if exc.code != ABORT_EXIT_CODE:
+                raise
+            # An abort rule is part of what the demo shows: the run stopped before it could wreck the
+            # model, and its last checkpoint (written before the abort) is still worth comparing.
+            console.print("[bold yellow]training stopped on an abort rule (above); step 7 compares the last "
+                          "checkpoint written before it[/]")
     evaluate(demo, base, val)
     if demo.baseline:
         sft_baseline(demo, base, train, val)

@@ -206,15 +206,7 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
         if demo.run_dir.exists():  # the demo's own run from an earlier `make demo`: start afresh
             console.print(f"removing the previous demo run in {demo.run_dir}")
             shutil.rmtree(demo.run_dir)
-        try:
-            agentrft("train", demo.config)
-        except StepFailed as exc:
-            if exc.code != ABORT_EXIT_CODE:
-                raise
-            # An abort rule is part of what the demo shows: the run stopped before it could wreck the
-            # model, and its last checkpoint (written before the abort) is still worth comparing.
-            console.print("[bold yellow]training stopped on an abort rule (above); step 7 compares the last "
-                          "checkpoint written before it[/]")
+        train_step(demo)
     evaluate(demo, base, val)
     if demo.baseline:
         sft_baseline(demo, base, train, val)
@@ -226,6 +218,21 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
         agentrft("plan", "--model", base, "--group-size", 8,
                  "--prompts", 8, "--tokens", 1024, "--gpu-gib", 24)
         agentrft("plan", "--model", "Qwen/Qwen2.5-7B-Instruct")
+
+
+def train_step(demo: Demo) -> bool:
+    """Step 6; False when an abort rule stopped the run. An abort is part of what the demo shows (the run
+    stopped before it could wreck the model), and the last checkpoint written before it is still worth
+    comparing; any other failure stops the demo."""
+    try:
+        agentrft("train", demo.config)
+    except StepFailed as exc:
+        if exc.code != ABORT_EXIT_CODE:
+            raise
+        console.print("[bold yellow]training stopped on an abort rule (above); step 7 compares the last "
+                      "checkpoint written before it[/]")
+        return False
+    return True
 
 
 def evaluate(demo: Demo, base: Path, val: Path) -> None:

@@ -6,7 +6,8 @@ that went well. A line of a demonstrations file is one of:
 - a chat conversation in the fine-tuning format of OpenAI-compatible services, ``{"messages": [...],
   "tools": [...]}`` (``tools`` optional; an assistant message with ``"weight": 0`` is context, not a
   target);
-- a ``Trajectory`` as ``prior-check --traces``, ``eval`` and ``serve`` write them;
+- a ``Trajectory`` as ``prior-check --traces`` and ``eval`` write them (the row it answered must be in
+  ``--rows``);
 - an ``EvalRecord``: the trajectory it points to in its traces file, kept only when its reward reaches
   ``--min-reward`` (with ``agentrft eval --samples K`` on training rows this is rejection sampling: the
   model's own successful rollouts become its demonstrations).

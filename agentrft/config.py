@@ -70,6 +70,12 @@ class TrainConfig(_Block):
     kl_coef: float = Field(
         default=0.01, ge=0, description="β: weight of the KL penalty against the frozen reference model."
     )
+    kl_cap: float | None = Field(
+        default=None, gt=0,
+        description="Ceiling on each generated token's KL estimate (TRL's k3, exp(r) - r - 1 of the log-ratio r of "
+        "reference to policy); null leaves it unbounded. One sampled token the policy has made rare but the "
+        "reference still likes can otherwise dominate a step's KL and its gradient.",
+    )
     learning_rate: float = Field(default=1.0e-5, gt=0, description="Peak AdamW learning rate.")
     epochs: float = Field(default=2, gt=0, description="Passes over the training prompts.")
     batch_size: int = Field(

@@ -179,3 +179,52 @@ def test_a_few_sampled_steps_move_the_policy(
     fixed, _ = trajectories(before, tokenizer, tool_server, row)
     after = AutoModelForCausalLM.from_pretrained(str(result.last_checkpoint)).float()
     assert abs(generated_logprob(after, fixed) - generated_logprob(before, fixed)) > 1e-3
+
+
+def test_kl_cap_bounds_each_tokens_kl_estimate(
+    tmp_path: Path, synth_dir: Path, tiny_model_dir: Path, tool_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reference that likes a token far more than the policy does: with kl_cap no token's term passes the cap."""
+    from trl import GRPOTrainer
+
+    from agentrft.train.metrics import read_metrics
+    from agentrft.train.trainer import kl_log_ratio_limit
+
+    raised: list[dict[str, torch.Tensor]] = []
+    original = GRPOTrainer._generate_and_score_completions
+
+    @functools.wraps(original)
+    def reference_likes_one_token_more(self, inputs):  # type: ignore[no-untyped-def]
+        output = original(self, inputs)
+        ref = output["ref_per_token_logps"].clone()
+        ref[:, 0] += 6.0  # each completion's first token: exp(6) - 7 ≈ 396 without a cap
+        output["ref_per_token_logps"] = ref
+        raised.append({"completion_ids": output["completion_ids"].clone(), "ref": ref.clone()})
+        return output
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", reference_likes_one_token_more)
+    result, seen = one_step(tmp_path, synth_dir, tiny_model_dir, tool_server, AnswerGrader(), monkeypatch, kl_cap=1.0)
+    [inputs], [batch] = seen, raised
+    # TRL may reorder a generation batch's rows before the loss: match them by their completions
+    order = [next(j for j, ids in enumerate(batch["completion_ids"].tolist()) if ids == row)
+             for row in inputs["completion_ids"].tolist()]
+    uncapped = batch["ref"][order]
+    ref, sampled = inputs["ref_per_token_logps"], inputs["sampling_per_token_logps"]
+    mask = (inputs["completion_mask"] * inputs["tool_mask"]).bool()
+    assert torch.all(ref[mask] <= sampled[mask] + kl_log_ratio_limit(1.0) + 1e-6)
+    assert torch.all(ref[:, 0] < uncapped[:, 0] - 1.0)  # the raised tokens were capped …
+    untouched = mask.clone()
+    untouched[:, 0] = False
+    assert torch.equal(ref[untouched], uncapped[untouched])  # … and no other token moved
+    kl = read_metrics(result.run_dir / "metrics.jsonl")[-1].kl_to_ref
+    assert kl is not None and 0 < kl <= 1.0 + 1e-3
+
+
+def test_kl_log_ratio_limit_solves_the_estimate() -> None:
+    import math
+
+    from agentrft.train.trainer import kl_log_ratio_limit
+
+    for cap in (1e-3, 0.5, 1.0, 10.0, 1e4):
+        r = kl_log_ratio_limit(cap)
+        assert r > 0 and math.isclose(math.expm1(r) - r, cap, rel_tol=1e-9)

@@ -70,9 +70,17 @@ def check_trl_contract() -> None:
     if "self.vllm_generation.sync_weights()" not in source or "self._last_loaded_step" not in source:
         raise RuntimeError(f"trl {trl.__version__}: the weight-sync hook before rollout_func changed")
     # logprobs.GeneratedTokens leaves tool tokens' log-probs at 0: the loss must mask them out first.
+    loss = inspect.getsource(inspect.unwrap(grpo_trainer.GRPOTrainer._compute_loss))
     needle = 'mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]'
-    if needle not in inspect.getsource(inspect.unwrap(grpo_trainer.GRPOTrainer._compute_loss)):
+    if needle not in loss:
         raise RuntimeError(f"trl {trl.__version__}: the loss no longer masks tool tokens the way agentrft relies on")
+    # trainer.cap_kl (kl_cap) lowers the reference log-probs a generation batch hands the KL term.
+    batch = inspect.getsource(grpo_trainer.GRPOTrainer._generate_and_score_completions)
+    for needle in ('output["ref_per_token_logps"]', 'output["sampling_per_token_logps"]'):
+        if needle not in batch:
+            raise RuntimeError(f"trl {trl.__version__}: a generation batch no longer carries {needle[8:-2]}")
+    if 'inputs["ref_per_token_logps"]' not in loss:
+        raise RuntimeError(f"trl {trl.__version__}: the KL term no longer reads the batch's reference log-probs")
 
 
 def to_trl_batch(trajectories: Sequence[Trajectory], pad_token_id: int) -> dict[str, Any]:

@@ -37,7 +37,9 @@ groups are normalised across processes.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import random
 import warnings
@@ -266,6 +268,8 @@ def _train(cfg: TrainConfig, rows: list[Row], val_rows: list[Row], checkpoint: P
         trainer.remove_callback(noisy)
     if generated is not None:
         _compact_logprobs(trainer, cfg.temperature, cpu_autocast(cfg), generated)
+    if cfg.kl_cap is not None and cfg.kl_coef > 0:
+        cap_kl(trainer, cfg.kl_cap)
     if isinstance(runner, VLLMRollouts):
         runner.attach(trainer)
     monitor.attach(trainer)
@@ -324,6 +328,45 @@ def _compact_logprobs(trainer: Any, temperature: float, autocast: bool, generate
             )
 
 
+def kl_log_ratio_limit(cap: float) -> float:
+    """The log-ratio ``r > 0`` where TRL's per-token KL estimate ``exp(r) - r - 1`` equals ``cap``."""
+    r = math.log1p(cap)  # exp(r) - r - 1 = cap - log1p(cap) < cap here, and the estimate is convex in r
+    for _ in range(50):  # Newton from below converges monotonically
+        step = (math.expm1(r) - r - cap) / math.expm1(r)
+        r -= step
+        if abs(step) < 1e-12:
+            break
+    return r
+
+
+def cap_kl(trainer: Any, cap: float) -> None:
+    """Bound every generated token's KL estimate by ``cap`` (``kl_cap``), keeping TRL's loss as it is.
+
+    TRL's KL term is ``exp(ref - logp) - (ref - logp) - 1`` per token. It is unbounded above when a
+    token the policy now makes rare (it was sampled anyway) is one the reference still likes: one such
+    token in a step can outweigh all others in both the reported KL and the gradient. Each generation
+    batch's reference log-probs are lowered to at most the sampling log-prob plus the log-ratio where
+    the estimate reaches ``cap``; the policy's log-prob in the loss is that sampling log-prob on-policy
+    (and moves only within the PPO clip off it), so each token's term stays near the cap and its
+    gradient bounded, while every token below it is untouched. Tokens with no finite sampling log-prob
+    keep their reference log-prob.
+    """
+    limit = kl_log_ratio_limit(cap)
+    generate = trainer._generate_and_score_completions
+
+    @functools.wraps(generate)
+    def capped(inputs: Any) -> dict[str, Any]:
+        output = generate(inputs)
+        ref = output.get("ref_per_token_logps")
+        policy = output.get("old_per_token_logps", output.get("sampling_per_token_logps"))
+        if ref is not None and policy is not None:
+            ceiling = torch.where(torch.isfinite(policy), policy.to(ref.dtype) + limit, ref)
+            output["ref_per_token_logps"] = torch.minimum(ref, ceiling)
+        return output
+
+    trainer._generate_and_score_completions = capped
+
+
 def _lora_config(cfg: TrainConfig) -> Any:
     if cfg.lora is None:
         return None
@@ -338,4 +381,4 @@ def _lora_config(cfg: TrainConfig) -> Any:
     )
 
 
-__all__ = ["TrainResult", "grpo_args", "last_checkpoint", "load_rows", "train"]
+__all__ = ["TrainResult", "cap_kl", "grpo_args", "kl_log_ratio_limit", "last_checkpoint", "load_rows", "train"]

@@ -41,6 +41,47 @@ Verdict = Literal["go", "fix the prior first", "already solved"]
 
 SIGNAL_BAND_RULE = (0.15, 0.30)
 """The tutorial's rule of thumb for the share of rows in the signal band."""
+SLICE_MIN_SHARE = 0.1
+"""``--filter slices`` keeps a slice when at least this share of its rows is in the signal band."""
+Filter = Literal["band", "slices"]
+
+
+def slice_of(row: Row) -> str:
+    """A row's slice: its task type and difficulty (``numerical_qa/easy``)."""
+    return f"{row.metadata.task_type}/{row.metadata.difficulty}"
+
+
+def band_by_slice(rows: Sequence[Row], results: Sequence[PriorResult]) -> dict[str, tuple[int, int]]:
+    """Per slice, (rows in the signal band, rows checked); largest slice first, then by name."""
+    bucket = {r.id: r.bucket for r in results}
+    counts: dict[str, list[int]] = {}
+    for row in rows:
+        if row.id in bucket:
+            tally = counts.setdefault(slice_of(row), [0, 0])
+            tally[0] += bucket[row.id] == "sometimes"
+            tally[1] += 1
+    return {name: (k, n) for name, (k, n) in sorted(counts.items(), key=lambda item: (-item[1][1], item[0]))}
+
+
+def slices_line(by_slice: dict[str, tuple[int, int]]) -> str:
+    """``signal band by slice: numerical_qa/easy 49/96, numerical_qa/medium 9/64, computation/medium 0/48``"""
+    return "signal band by slice: " + ", ".join(f"{name} {k}/{n}" for name, (k, n) in by_slice.items())
+
+
+def select_rows(rows: Sequence[Row], results: Sequence[PriorResult], how: Filter,
+                min_share: float = SLICE_MIN_SHARE) -> list[Row]:
+    """The rows to train on: the signal band itself (``band``), or every checked row of each slice with at
+    least ``min_share`` of its rows in the band (``slices``). A row that failed every rollout of the check
+    can still be the kind of task the model learns from its band neighbours, and training on all of a
+    slice's rows instead of its few band rows spreads the updates over more prompts; slices with no
+    signal stay out, since their groups' answers cannot differ."""
+    if how == "band":
+        keep = {r.id for r in results if r.bucket == "sometimes"}
+        return [row for row in rows if row.id in keep]
+    by_slice = band_by_slice(rows, results)
+    learnable = {name for name, (k, n) in by_slice.items() if n and k / n >= min_share}
+    checked = {r.id for r in results}
+    return [row for row in rows if row.id in checked and slice_of(row) in learnable]
 
 
 def bucket_of(successes: int, rollouts: int) -> Bucket:
@@ -175,7 +216,13 @@ def prior_check_command(
                               "Pass the training rows with --write-filtered to train on the signal band."),
     rollouts: int = typer.Option(5, "--rollouts", min=1, help="Rollouts per row."),
     out: Path = typer.Option(None, "--out", help="Per-row results (JSONL of PriorResult); default <output_dir>/prior.jsonl."),
-    write_filtered: Path = typer.Option(None, "--write-filtered", help="Write the rows in the signal band here (JSONL of Row)."),
+    write_filtered: Path = typer.Option(None, "--write-filtered", help="Write the rows to train on here (JSONL of Row): "
+                                        "see --filter."),
+    filter_: str = typer.Option("band", "--filter", help="What --write-filtered keeps: the signal band's rows (band), "
+                                "or every row of each slice (task_type/difficulty) with at least --slice-min of "
+                                "its rows in the band (slices)."),
+    slice_min: float = typer.Option(SLICE_MIN_SHARE, "--slice-min", min=0.0, max=1.0,
+                                    help="With --filter slices: the band share that makes a slice learnable."),
     model: str = typer.Option(None, "--model", help="Model folder, hub id or http(s) endpoint; default the config's base_model."),
     served_model: str = typer.Option(None, "--served-model", help="Model name at the endpoint; default the first it lists."),
     threshold: float = typer.Option(1.0, "--threshold", min=0.0, max=1.0, help="Reward at which a rollout counts as a success."),
@@ -188,6 +235,8 @@ def prior_check_command(
     """Step 1: run the base model N times per row through the tools; bucket rows never/sometimes/always."""
     from .agent.policy import open_policy  # loads torch
 
+    if filter_ not in ("band", "slices"):
+        raise UserError(f"--filter: {filter_!r} is not one of band, slices")
     cfg = load_config(config)
     if data is None and cfg.val_path is None:
         raise UserError(f"{config}: val_path is null; pass --data with the rows to check")
@@ -219,6 +268,9 @@ def prior_check_command(
                 raise UserError(f"{exc}; is 'agentrft tools serve' running at {cfg.tools_url}?") from None
     _out.print(repr(summary.counts), markup=False)
     _out.print(summary.band_line(), markup=False)
+    by_slice = band_by_slice(rows, summary.results)
+    if len(by_slice) > 1:
+        _out.print(slices_line(by_slice), markup=False)
     _out.print(f"verdict: {summary.verdict} — {summary.advice()}", markup=False)
     if summary.ungraded:
         _out.print(f"warning: {summary.ungraded} rollouts got no grade (the grader failed) and are left out", markup=False)
@@ -228,10 +280,15 @@ def prior_check_command(
         write_models(traces, trajectories)
         _out.print(f"wrote {traces} ({len(trajectories)} trajectories)", markup=False)
     if write_filtered is not None:
-        keep = {r.id for r in summary.results if r.bucket == "sometimes"}
-        kept = [row for row in rows if row.id in keep]
+        kept = select_rows(rows, summary.results, filter_, slice_min)  # type: ignore[arg-type]
         write_models(write_filtered, kept)
-        _out.print(f"wrote {write_filtered} ({len(kept)} rows in the signal band)", markup=False)
+        if filter_ == "band":
+            what = "rows in the signal band"
+        else:
+            names = sorted({slice_of(row) for row in kept})
+            what = (f"rows: every row of {', '.join(names)}, the slices with ≥ {slice_min:.0%} of their rows in "
+                    "the signal band" if names else f"rows: no slice has ≥ {slice_min:.0%} of its rows in the signal band")
+        _out.print(f"wrote {write_filtered} ({len(kept)} {what})", markup=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -241,6 +298,11 @@ def register(app: typer.Typer) -> None:
 
 __all__ = [
     "SIGNAL_BAND_RULE",
+    "SLICE_MIN_SHARE",
+    "band_by_slice",
+    "select_rows",
+    "slice_of",
+    "slices_line",
     "PriorSummary",
     "bucket_of",
     "decide",

@@ -11,7 +11,7 @@ import pytest
 
 from agentrft.cli import main
 from agentrft.jsonl import read_models
-from agentrft.prior import bucket_of, decide, summarise
+from agentrft.prior import band_by_slice, bucket_of, decide, select_rows, slices_line, summarise
 from agentrft.schema import Grade, PriorResult, Row, Trajectory
 from conftest import TOOL_TOKEN
 
@@ -41,6 +41,29 @@ def test_summary_leaves_ungraded_rollouts_out_and_uses_the_threshold():
     assert second.bucket == "always" and summary.ungraded == 1
     assert summarise(rows, trajectories, grades, success_threshold=0.5).results[0].bucket == "always"
     assert summary.band_line() == "1/2 (50%) of rows are in the signal band — well over the 15%–30% rule of thumb."
+
+
+def test_rows_to_train_on_by_band_or_by_slice():
+    """easy: 2 of 10 rows in the band (20%); medium: 1 of 12 (8%); hard: none of 3."""
+    from agentrft.schema import RowMetadata
+
+    rows, results = [], []
+    for difficulty, n, band in (("easy", 10, 2), ("medium", 12, 1), ("hard", 3, 0)):
+        for i in range(n):
+            rows.append(Row(id=f"{difficulty}-{i}", prompt="q", reference_answer="1",
+                            metadata=RowMetadata(task_type="numerical_qa", difficulty=difficulty)))
+            results.append(PriorResult(id=rows[-1].id, rollouts=4, successes=1 if i < band else 0,
+                                       rate=0.25 if i < band else 0.0, bucket="sometimes" if i < band else "never",
+                                       mean_reward=0.0, mean_tool_calls=1.0))
+    by_slice = band_by_slice(rows, results)
+    assert by_slice == {"numerical_qa/medium": (1, 12), "numerical_qa/easy": (2, 10), "numerical_qa/hard": (0, 3)}
+    assert slices_line(by_slice) == ("signal band by slice: numerical_qa/medium 1/12, numerical_qa/easy 2/10, "
+                                     "numerical_qa/hard 0/3")
+    assert [r.id for r in select_rows(rows, results, "band")] == ["easy-0", "easy-1", "medium-0"]
+    assert [r.id for r in select_rows(rows, results, "slices")] == [f"easy-{i}" for i in range(10)]
+    assert len(select_rows(rows, results, "slices", min_share=0.05)) == 22  # medium's 8% is enough
+    assert select_rows(rows[:3], results[:3], "slices") == rows[:3]  # a row never checked is never kept
+    assert select_rows(rows, results[:5], "slices") == rows[:5]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +115,7 @@ def test_prior_check_against_an_endpoint(tmp_path, val_rows, tool_server, monkey
     ]
     assert all(r.mean_tool_calls == 1.0 for r in results)
     assert [r.id for r in read_models(filtered, Row)] == [val_rows[2].id, val_rows[3].id]
+    assert "(2 rows in the signal band)" in printed
     assert len(read_models(tmp_path / "t.jsonl", Trajectory)) == 30
     assert {r["model"] for r in log.requests} == {"base-7b"}  # the name /v1/models would list is used as given
 
@@ -121,3 +145,7 @@ def test_prior_check_errors_are_one_line(tmp_path, val_rows, capsys, monkeypatch
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and err.startswith("error: ")
     assert "127.0.0.1:9" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prior-check", str(config), "--filter", "rows"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and err == "error: --filter: 'rows' is not one of band, slices"

@@ -64,6 +64,16 @@ def test_compare_prints_the_tutorial_lines_and_more(capsys: pytest.CaptureFixtur
     ]
 
 
+def test_a_success_line_splits_the_regressions(capsys: pytest.CaptureFixture[str]) -> None:
+    """0007 (1 → .5) and 0008 (1 → 0) regressed: at 0.5 only 0008 fell below the line, 0007 lost partial credit."""
+    out = run_cli(capsys, "compare", str(BASE), str(TUNED), "--threshold", "0.5")
+    assert out.splitlines()[3:6] == ["regressed: 2/10", "  reaching 0.5 less often: 1",
+                                     "  only partial credit lost:  1"]
+    both = compare_runs(load_eval(BASE), load_eval(TUNED), threshold=1.0)
+    assert both.fewer_successes == 2 and both.to_dict()["regressed_fewer_successes"] == 2
+    assert compare_runs(load_eval(BASE), load_eval(TUNED)).fewer_successes is None
+
+
 def test_slice_tables_carry_every_number_and_flag_slices_that_went_down(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -60,11 +60,14 @@ def compare_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
     resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for the interval.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    threshold: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Reward at which a sample counts as a success: regressed rows are then split into "
+        "those reaching it less often and those that only lost partial credit.")] = None,
 ) -> None:
     """Step 7: base vs tuned per row — mean Δreward with a 95% interval, buckets and slices."""
     comparison = compare_runs(
         load_eval(base), load_eval(tuned), by=_split_keys(by),
-        rows=load_rows(rows) if rows else None, resamples=resamples, seed=seed,
+        rows=load_rows(rows) if rows else None, resamples=resamples, seed=seed, threshold=threshold,
     )
     if as_json:
         typer.echo(json.dumps(comparison.to_dict(), indent=2, ensure_ascii=False))

@@ -23,6 +23,12 @@ EPS = 1e-9
 RECORD_KEYS = ("task_type", "difficulty")
 
 
+def success_rate(result: RowResult, threshold: float) -> float:
+    """Share of a row's graded samples whose reward reaches ``threshold``."""
+    rewards = [r.reward for r in result.records if r.reward is not None]
+    return sum(1 for r in rewards if r >= threshold) / len(rewards) if rewards else 0.0
+
+
 @dataclass(frozen=True)
 class RowDiff:
     """One row in both runs: tuned minus base."""
@@ -39,6 +45,10 @@ class RowDiff:
     @property
     def d_tools(self) -> float:
         return self.tuned.tool_calls - self.base.tool_calls
+
+    def fewer_successes(self, threshold: float) -> bool:
+        """Whether the tuned model reaches ``threshold`` on a smaller share of this row's graded samples."""
+        return success_rate(self.tuned, threshold) < success_rate(self.base, threshold) - EPS
 
     @property
     def bucket(self) -> str:
@@ -91,6 +101,16 @@ class Comparison:
     resamples: int
     seed: int
     slices: dict[str, list[SliceStats]] = field(default_factory=dict)
+    threshold: float | None = None
+    """The success line (``--threshold``): a regression is then also told apart by whether the row reached it
+    less often, or only lost part of a reward that pays for more than success (a grader's partial credit)."""
+
+    @property
+    def fewer_successes(self) -> int | None:
+        """Regressed rows that reach ``threshold`` less often; None without a threshold."""
+        if self.threshold is None:
+            return None
+        return sum(1 for d in self.regressions() if d.fewer_successes(self.threshold))
 
     @property
     def n(self) -> int:
@@ -127,6 +147,8 @@ class Comparison:
             "bootstrap": {"resamples": self.resamples, "seed": self.seed},
             "improved": self.count("improved"),
             "regressed": self.count("regressed"),
+            "threshold": self.threshold,
+            "regressed_fewer_successes": self.fewer_successes,
             "unchanged": self.count("solved", "unsolved", "partial"),
             "unchanged_split": {b: self.count(b) for b in ("solved", "unsolved", "partial")},
             "only_in_base": self.only_base,
@@ -215,8 +237,9 @@ def compare_runs(
     rows: dict[str, Row] | None = None,
     resamples: int = 10_000,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> Comparison:
-    """Pair two evaluation runs by row id and compute the comparison."""
+    """Pair two evaluation runs by row id and compute the comparison (``threshold``: the success line)."""
     only_base = [rid for rid in base.rows if rid not in tuned.rows]
     only_tuned = [rid for rid in tuned.rows if rid not in base.rows]
     diffs: list[RowDiff] = []
@@ -238,7 +261,7 @@ def compare_runs(
     comparison = Comparison(
         base_path=str(base.path), tuned_path=str(tuned.path), diffs=diffs,
         only_base=only_base, only_tuned=only_tuned, ungraded=ungraded,
-        ci_low=low, ci_high=high, resamples=resamples, seed=seed,
+        ci_low=low, ci_high=high, resamples=resamples, seed=seed, threshold=threshold,
     )
     comparison.slices = {key: slice_diffs(diffs, key, rows) for key in by}
     return comparison
@@ -271,6 +294,10 @@ def format_comparison(c: Comparison) -> str:
         f"mean Δtools:  {c.mean_d_tools:+.2f}",
         f"improved:  {c.count('improved')}/{n}",
         f"regressed: {c.count('regressed')}/{n}",
+        *([] if c.threshold is None else [
+            f"  reaching {c.threshold:g} less often: {c.fewer_successes}",
+            f"  only partial credit lost:  {c.count('regressed') - (c.fewer_successes or 0)}",
+        ]),
         f"unchanged: {c.count('solved', 'unsolved', 'partial')}/{n}",
         f"  already solved: {c.count('solved')}",
         f"  still unsolved: {c.count('unsolved')}",

@@ -36,8 +36,9 @@ GRADER = EXAMPLES / "graders" / "answer_and_tools.yaml"
 """0.8 × the numeric answer + 0.2 × tool use with the evidence read: the answer, and a little the way
 it was found; with a real model the numeric grader alone is the tutorial's choice."""
 ANSWER_RIGHT = 0.8
-"""The prior check's success line: the numeric part in full, i.e. the right figure, whatever the tool
-use scored."""
+"""The success line of the prior check and of step 7's comparisons: the numeric part in full, i.e. the
+right figure, whatever the tool use scored. A row can regress by tool use alone (0.2 → 0.133 when the
+evidence file goes unread); the comparison tells those apart from rows answered right less often."""
 
 
 PRIOR_ROWS, PRIOR_ROLLOUTS = 320, 4
@@ -256,9 +257,10 @@ def evaluate(demo: Demo, base: Path, val: Path) -> None:
                      "--config", demo.config, "--grader", GRADER, "--samples", EVAL_SAMPLES,
                      "--temperature", temperature)
         console.print("\n[bold]Greedy, one rollout per row:[/]")
-        agentrft("compare", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val)
+        agentrft("compare", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val, "--threshold", ANSWER_RIGHT)
         console.print(f"\n[bold]Sampled at the training temperature {temperature:g}, {EVAL_SAMPLES} rollouts per row:[/]")
-        agentrft("compare", evals / "base-sampled.jsonl", evals / "tuned-sampled.jsonl", "--rows", val)
+        agentrft("compare", evals / "base-sampled.jsonl", evals / "tuned-sampled.jsonl", "--rows", val,
+                 "--threshold", ANSWER_RIGHT)
 
 
 def sft_baseline(demo: Demo, base: Path, train: Path, val: Path) -> None:

@@ -148,8 +148,9 @@ class TrainConfig(_Block):
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     bf16: bool | None = Field(
         default=None,
-        description="Train in bfloat16; null = on with a GPU, and on a CPU where it multiplies bf16 natively "
-        "(there only the loss's backbone is autocast: weights, rollouts and the LM head stay float32).",
+        description="Train in bfloat16; null = on with a GPU, off on a CPU. On a CPU true autocasts only the loss's "
+        "backbone (weights, rollouts and the LM head stay float32), where the CPU multiplies bf16 natively; it is "
+        "faster, but the trainer can then score a sampled token far from how the float32 rollout did.",
     )
     torch_threads: int | None = Field(
         default=None, ge=1, description="CPU threads torch may use in training; null leaves torch's default."

@@ -148,3 +148,15 @@ def test_generated_tokens_checks_lengths_and_merges_duplicates() -> None:
     generated.record([[1, 2, 3], [1, 2, 3]], [[0, 1, 0], [0, 0, 1]])
     assert generated.lookup(torch.tensor([1, 2, 3])).tolist() == [False, True, True]
     assert generated.lookup(torch.tensor([1, 2])) is None
+
+
+def test_the_cpu_loss_runs_in_float32_unless_bf16_is_asked_for() -> None:
+    """The rollouts sample in float32: by default the loss scores their tokens in float32 too."""
+    from agentrft.config import config_from_dict
+    from agentrft.hardware import cpu_has_native_bf16
+    from agentrft.train.trainer import cpu_autocast
+
+    base = dict(train_path="t.jsonl", base_model="m", tools_url="http://127.0.0.1:9")
+    assert cpu_autocast(config_from_dict(base)) is False
+    assert cpu_autocast(config_from_dict({**base, "bf16": False})) is False
+    assert cpu_autocast(config_from_dict({**base, "bf16": True})) is cpu_has_native_bf16()

@@ -295,7 +295,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed for the corpus, the model and training."),
         cache: Path = typer.Option(Path(os.environ.get("AGENTRFT_CACHE", ".cache/agentrft")),
                                    help="Cache of warm-started tiny models (keyed by seed and version)."),
-        train_steps: int = typer.Option(50, min=1, help="GRPO steps to run."),
+        train_steps: int = typer.Option(30, min=1, help="GRPO steps to run."),
         baseline: bool = typer.Option(False, "--baseline", help="Also continue the warm start's SFT for as long "
                                       "as GRPO trained, and compare the two."),
     ) -> None:

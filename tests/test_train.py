@@ -362,3 +362,11 @@ def test_files_of_an_older_run_still_read(tmp_path: Path) -> None:
     (best_dir(tmp_path) / BEST_INFO).write_text('{"step": 3, "val_reward": 0.5}\n')  # written before it had a version
     best = read_best(tmp_path)
     assert best is not None and (best.step, best.val_reward, best.schema_version) == (3, 0.5, 1)
+
+
+def test_the_live_table_prints_a_value_that_rounds_to_zero_without_its_sign() -> None:
+    from agentrft.schema import MetricsRow
+    from agentrft.train.live import _row_line
+
+    line = _row_line(MetricsRow(step=1, kl_to_ref=-1e-9, loss=-0.03))
+    assert " 0.000 " in f"{line} " and "-0.000" not in line and "-0.03" in line

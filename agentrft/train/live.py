@@ -81,7 +81,13 @@ def _row_line(row: MetricsRow) -> str:
 
 
 def _cells(row: MetricsRow) -> list[str]:
-    return ["—" if getattr(row, attr) is None else fmt.format(getattr(row, attr)) for _, attr, fmt in TABLE_COLUMNS]
+    return ["—" if getattr(row, attr) is None else _number(fmt, getattr(row, attr)) for _, attr, fmt in TABLE_COLUMNS]
+
+
+def _number(fmt: str, value: float) -> str:
+    """``fmt`` applied, without the sign of a value that rounds to zero (a KL estimate of -1e-9 reads 0.000)."""
+    text = fmt.format(value)
+    return text.lstrip("-") if text.startswith("-") and float(text) == 0 else text
 
 
 __all__ = ["TABLE_COLUMNS", "LiveTable"]

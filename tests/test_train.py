@@ -8,6 +8,7 @@ trajectory, which is what the loss-mask assertions need.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -175,6 +176,7 @@ def test_grpo_steps_metrics_mask_and_checkpoint(
     reached_trl: list[dict[str, Any]] = []
     original = GRPOTrainer._generate_and_score_completions
 
+    @functools.wraps(original)  # check_trl_contract reads the wrapped method's source
     def spy(self, inputs):  # type: ignore[no-untyped-def]
         prompts = [x["prompt"] for x in inputs]
         groups = [prompts[i : i + self.num_generations] for i in range(0, len(prompts), self.num_generations)]

@@ -43,10 +43,10 @@ evidence file goes unread); the comparison tells those apart from rows answered 
 
 PRIOR_ROWS, PRIOR_ROLLOUTS = 320, 4
 """The prior check runs on every training row, so it can choose what GRPO trains on: every row of each
-slice (task type and difficulty) where at least a tenth of the rows are in the signal band. Training on
-the band's rows alone (46–58 rows) let the policy fit those prompts without carrying it to the held-out
-ones on two seeds of three; a slice's other rows are the same kind of question, and four failed tries in
-the check do not make them unlearnable (``bench/RESULTS.md``)."""
+slice (task type and difficulty) where at least a tenth of the rows are in the signal band. A slice's
+other rows are the same kind of question, and four failed tries in the check do not make them
+unlearnable; the band's few rows alone would come back many times per run, to be fit as prompts
+(``bench/RESULTS.md`` compares the two)."""
 EVAL_SAMPLES = 4
 """Sampled rollouts per val row in step 7, beside the greedy one."""
 MEASURE_ROWS = 16

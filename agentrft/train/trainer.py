@@ -317,8 +317,8 @@ def cpu_autocast(cfg: TrainConfig) -> bool:
     """Whether the loss's backbone runs in bf16 autocast on a CPU (weights and rollouts stay float32): only when
     the config asks for it. The rollouts sample in float32, and a bf16 forward of the same weights can score a
     sampled token very differently where attention is sharp — a copy head choosing between two positions whose
-    scores bf16 cannot tell apart (the demo's model gave one sampled token -12.7 in bf16 against -0.03 in
-    float32). Such a token wrecks that step's KL and its gradient; float32 costs little next to the rollouts."""
+    scores bf16 cannot tell apart — and such a token wrecks that step's KL and its gradient
+    (``bench/RESULTS.md``)."""
     return bool(cfg.bf16) and cpu_has_native_bf16()
 
 

@@ -134,6 +134,12 @@ class TrainConfig(_Block):
         description="How TRL averages the per-token loss: per sequence then per batch (grpo), over every "
         "token of the batch (dapo, bnpo), or over a fixed length (dr_grpo).",
     )
+    entropy_quantile: float = Field(
+        default=1.0, gt=0, le=1,
+        description="Train only on the generated tokens whose entropy is in this top fraction of the step's tokens "
+        "(TRL's top_entropy_quantile): the forks where the policy chooses (a period, a path) rather than the tokens "
+        "it copies; 1 trains on every generated token.",
+    )
     updates_per_batch: int = Field(
         default=1, ge=1,
         description="Optimizer steps on each generation batch (TRL's num_iterations, μ); above 1 the later ones "

@@ -133,6 +133,23 @@ def test_to_trl_batch_splits_at_prompt_and_aligns_logprobs() -> None:
 # --- abort rules and metrics trimming (pure) ----------------------------------------------------
 
 
+def test_the_config_reaches_grpo_config(tmp_path: Path) -> None:
+    """Every optimisation knob of the config lands on the TRL field it is documented to set."""
+    from agentrft.train.trainer import grpo_args
+
+    cfg = _config(tmp_path, tmp_path, tmp_path, "http://127.0.0.1:1", group_size=8, batch_size=4,
+                  micro_batch_size=16, kl_coef=0.05, scale_rewards="none", loss_type="dr_grpo",
+                  updates_per_batch=2, entropy_quantile=0.2, lr_scheduler="constant", temperature=0.9)
+    args = grpo_args(cfg, use_cuda=False, world_size=1)
+    assert (args.num_generations, args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 16, 2)
+    assert (args.beta, args.scale_rewards, args.loss_type) == (0.05, "none", "dr_grpo")
+    assert (args.num_iterations, args.top_entropy_quantile, args.temperature) == (2, 0.2, 0.9)
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "constant_with_warmup"
+    assert grpo_args(_config(tmp_path, tmp_path, tmp_path, "http://127.0.0.1:1"), False, 1).top_entropy_quantile == 1.0
+    with pytest.raises(Exception, match="entropy_quantile"):
+        _config(tmp_path, tmp_path, tmp_path, "http://127.0.0.1:1", entropy_quantile=0)
+
+
 def test_abort_rules() -> None:
     cfg = TrainConfig(abort_kl_max=1.0, abort_kl_jump=10.0, abort_kl_jump_min=0.05, abort_val_floor=0.2,
                       warmup_steps=3)

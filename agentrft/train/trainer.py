@@ -12,6 +12,8 @@ batch_size             prompts per optimizer step: ``batch_size × group_size`` 
                        into ``micro_batch_size`` chunks by gradient accumulation
 updates_per_batch      ``num_iterations`` — optimizer steps on each generation batch; 1 (the default)
                        is on-policy, above 1 the later steps are off-policy and clipped
+entropy_quantile       ``top_entropy_quantile`` — the share of generated tokens, highest entropy
+                       first, that the loss trains on (1: all)
 lora                   ``peft_config`` (peft ``LoraConfig``)
 temperature            ``temperature`` — TRL divides logits by it when it scores the sampled tokens,
                        so it must equal the sampling temperature of the rollouts
@@ -178,6 +180,7 @@ def grpo_args(cfg: TrainConfig, use_cuda: bool, world_size: int) -> Any:
         beta=cfg.kl_coef,
         scale_rewards=cfg.scale_rewards,
         num_iterations=cfg.updates_per_batch,
+        top_entropy_quantile=cfg.entropy_quantile,
         loss_type=cfg.loss_type,
         lr_scheduler_type="constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler,
         temperature=cfg.temperature,

@@ -46,18 +46,13 @@ SLICE_MIN_SHARE = 0.1
 Filter = Literal["band", "slices"]
 
 
-def slice_of(row: Row) -> str:
-    """A row's slice: its task type and difficulty (``numerical_qa/easy``)."""
-    return f"{row.metadata.task_type}/{row.metadata.difficulty}"
-
-
 def band_by_slice(rows: Sequence[Row], results: Sequence[PriorResult]) -> dict[str, tuple[int, int]]:
     """Per slice, (rows in the signal band, rows checked); largest slice first, then by name."""
     bucket = {r.id: r.bucket for r in results}
     counts: dict[str, list[int]] = {}
     for row in rows:
         if row.id in bucket:
-            tally = counts.setdefault(slice_of(row), [0, 0])
+            tally = counts.setdefault(row.slice, [0, 0])
             tally[0] += bucket[row.id] == "sometimes"
             tally[1] += 1
     return {name: (k, n) for name, (k, n) in sorted(counts.items(), key=lambda item: (-item[1][1], item[0]))}
@@ -81,7 +76,7 @@ def select_rows(rows: Sequence[Row], results: Sequence[PriorResult], how: Filter
     by_slice = band_by_slice(rows, results)
     learnable = {name for name, (k, n) in by_slice.items() if n and k / n >= min_share}
     checked = {r.id for r in results}
-    return [row for row in rows if row.id in checked and slice_of(row) in learnable]
+    return [row for row in rows if row.id in checked and row.slice in learnable]
 
 
 def bucket_of(successes: int, rollouts: int) -> Bucket:
@@ -285,7 +280,7 @@ def prior_check_command(
         if filter_ == "band":
             what = "rows in the signal band"
         else:
-            names = sorted({slice_of(row) for row in kept})
+            names = sorted({row.slice for row in kept})
             what = (f"rows: every row of {', '.join(names)}, the slices with ≥ {slice_min:.0%} of their rows in "
                     "the signal band" if names else f"rows: no slice has ≥ {slice_min:.0%} of its rows in the signal band")
         _out.print(f"wrote {write_filtered} ({len(kept)} {what})", markup=False)
@@ -301,7 +296,6 @@ __all__ = [
     "SLICE_MIN_SHARE",
     "band_by_slice",
     "select_rows",
-    "slice_of",
     "slices_line",
     "PriorSummary",
     "bucket_of",

@@ -107,6 +107,11 @@ class Row(_Model):
     def tool_names(self) -> list[str]:
         return [spec.function.name for spec in self.tools]
 
+    @property
+    def slice(self) -> str:
+        """The row's slice: its task type and difficulty (``numerical_qa/easy``)."""
+        return f"{self.metadata.task_type}/{self.metadata.difficulty}"
+
 
 # ---------------------------------------------------------------------------------------------
 # Rollouts: trajectories
@@ -277,6 +282,9 @@ class MetricsRow(_RunFile):
                                        description="Mean reward of the step's training rollouts (older runs call it reward).")
     reward_std: float | None = None
     zero_std_groups: float | None = Field(default=None, description="Share of groups with equal rewards.")
+    train_reward_by_slice: dict[str, float] | None = Field(
+        default=None, description="Mean reward of the step's training rollouts per slice (task_type/difficulty)."
+    )
     grad_norm: float | None = None
     learning_rate: float | None = None
     step_time_s: float | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -55,6 +56,19 @@ def test_report_holds_curves_slices_comparison_traces_and_config(
     # Self-contained: no script, no stylesheet or image fetched from anywhere.
     assert "<script" not in html
     assert not re.search(r'(src|href)="(https?:)?//', html)
+
+
+def test_report_plots_the_training_reward_of_each_slice(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    for row in rows[1:]:  # step 0 is the val measure before training: no rollouts, no slices
+        row["train_reward_by_slice"] = {"lookup/easy": 0.5 + row["step"] / 100}
+        if row["step"] % 2:
+            row["train_reward_by_slice"]["lookup/medium"] = 0.2
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    html = write(run_dir, capsys)
+    assert html.count('<figure class="curve"><svg') == 7  # the five of the run, and one per slice
+    assert "train reward, lookup/easy (5-step mean)" in html and "train reward, lookup/medium (5-step mean)" in html
 
 
 def test_report_without_evaluations_or_metrics_says_how_to_make_them(

@@ -150,6 +150,28 @@ def test_the_config_reaches_grpo_config(tmp_path: Path) -> None:
         _config(tmp_path, tmp_path, tmp_path, "http://127.0.0.1:1", entropy_quantile=0)
 
 
+def test_per_slice_training_reward_reaches_the_metrics_row_and_its_trend() -> None:
+    from agentrft.train.metrics import metrics_row, slice_trend
+    from agentrft.train.rollout import reward_by_slice
+
+    def row(task: str, difficulty: str) -> Row:
+        return Row.model_validate({"id": f"{task}-{difficulty}", "prompt": "q", "reference_answer": "1",
+                                   "metadata": {"task_type": task, "difficulty": difficulty}})
+
+    rows = [row("lookup", "easy"), row("lookup", "easy"), row("lookup", "hard"), row("math", "easy")]
+    grades = [Grade(reward=r, grader="numeric") for r in (1.0, 0.0, None, 0.25)]
+    # an ungraded rollout is left out of its slice's mean, and a slice with nothing graded is left out
+    assert reward_by_slice(rows, grades) == {"lookup/easy": 0.5, "math/easy": 0.25}
+    logged = metrics_row(3, 0.5, {"loss": 0.1, "reward_by_slice/lookup/easy": 0.5, "reward_by_slice/math/easy": "nan?"})
+    assert logged.train_reward_by_slice == {"lookup/easy": 0.5} and logged.loss == 0.1
+    assert metrics_row(4, 0.5, {"loss": 0.1}).train_reward_by_slice is None
+
+    history = [MetricsRow(step=s, train_reward_by_slice={"a/x": s / 10, **({"b/y": 1.0} if s == 2 else {})})
+               for s in range(1, 9)]
+    # a/x over 8 steps: the first 2 against the last 2; b/y was trained in one step only
+    assert slice_trend(history) == {"a/x": (pytest.approx(0.15), pytest.approx(0.75), 8)}
+
+
 def test_abort_rules() -> None:
     cfg = TrainConfig(abort_kl_max=1.0, abort_kl_jump=10.0, abort_kl_jump_min=0.05, abort_val_floor=0.2,
                       warmup_steps=3)
@@ -220,6 +242,19 @@ def test_grpo_steps_metrics_mask_and_checkpoint(
     assert rows[2].val_reward is not None and rows[3].val_reward is not None
     raw = json.loads((cfg.output_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert raw["schema_version"] == 1 and set(COLUMNS) <= raw.keys()
+    assert rows[0].train_reward_by_slice is None  # step 0 measures val only
+
+    # Each step's reward by slice is its rollouts' grades averaged within each training row's slice.
+    from agentrft.graders import default_grader
+    from agentrft.jsonl import read_models
+    from agentrft.train.rollout import reward_by_slice
+
+    train_rows = {r.id: r for r in read_models(cfg.train_path, Row)}
+    grader = default_grader()
+    for row, batch in zip(rows[1:], reached_trl, strict=True):
+        graded = [train_rows[t.row_id] for t in batch["trajectories"]]
+        grades = [grader.grade(r, t) for r, t in zip(graded, batch["trajectories"])]
+        assert row.train_reward_by_slice == pytest.approx(reward_by_slice(graded, grades))
 
     # The loss mask that reached TRL's loss is 0 on every tool result and 1 on the policy's own turns.
     from transformers import AutoTokenizer

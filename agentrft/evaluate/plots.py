@@ -67,6 +67,33 @@ def curves_from_metrics(metrics: Sequence[dict]) -> tuple[list[Curve], list[str]
     return curves, missing
 
 
+SLICE_WINDOW = 5
+"""Steps in the running mean of a slice's training reward: one step holds a handful of its groups."""
+
+
+def slice_curves(metrics: Sequence[dict]) -> list[Curve]:
+    """One curve per slice of ``train_reward_by_slice``: the running mean of its last ``SLICE_WINDOW``
+    values, at the steps the slice was trained in."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for index, row in enumerate(metrics):
+        by_slice = row.get("train_reward_by_slice")
+        if not isinstance(by_slice, dict):
+            continue
+        step = _number(row.get("step"))
+        for name, value in by_slice.items():
+            if _number(value) is not None:
+                steps, values = series.setdefault(name, ([], []))
+                steps.append(step if step is not None else float(index))
+                values.append(float(value))
+    curves = []
+    for name, (steps, values) in sorted(series.items()):
+        windows = [values[max(0, i + 1 - SLICE_WINDOW): i + 1] for i in range(len(values))]
+        running = [sum(window) / len(window) for window in windows]
+        curves.append(Curve(f"train_reward_by_slice.{name}", f"train reward, {name} ({SLICE_WINDOW}-step mean)",
+                            "reward", steps, running))
+    return curves
+
+
 def _plain(text: str) -> str:
     # A "$" would switch matplotlib to mathtext ("$842M" is a price, not an equation).
     return text.replace("$", r"\$")

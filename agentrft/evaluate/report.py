@@ -19,7 +19,7 @@ from ..schema import MessageTurn, MetricsRow, Row, ToolCallTurn, ToolResultTurn,
 from ..train.metrics import METRICS_FILE, read_metric_lines
 from .compare import Comparison, RowDiff, compare_runs, format_comparison
 from .inspect import call_text, format_delta_tools, prompt_of
-from .plots import curve_svg, curves_from_metrics, slice_bars_svg
+from .plots import curve_svg, curves_from_metrics, slice_bars_svg, slice_curves
 from .records import TraceStore, load_eval, load_rows
 
 TEMPLATE = "report.html.jinja"
@@ -130,7 +130,9 @@ def build_context(
 ) -> dict[str, Any]:
     """Everything the template shows, computed from the files."""
     metrics, metric_notes = read_metrics(run_dir / METRICS_FILE)
-    curves, missing = curves_from_metrics([row.model_dump() for row in metrics])
+    dumped = [row.model_dump() for row in metrics]
+    curves, missing = curves_from_metrics(dumped)
+    curves += slice_curves(dumped)
     config_path = run_dir / "config.yaml"
     context: dict[str, Any] = {
         "title": run_dir.resolve().name,

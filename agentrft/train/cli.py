@@ -66,10 +66,23 @@ def train_command(
         else "no val_reward measured, no best checkpoint"
     )
     if result.aborted:
+        print_slice_trend(console, result.run_dir)
         console.print(f"aborted at step {result.abort_step}: {result.aborted}; {best}", markup=False)
         raise typer.Exit(ABORT_EXIT_CODE)
     last = f"last: {result.last_checkpoint}" if result.last_checkpoint else "no checkpoint"
+    print_slice_trend(console, result.run_dir)
     console.print(f"done: {result.steps} steps in {result.run_dir}; {best}; {last}", markup=False)
+
+
+def print_slice_trend(console: Console, run_dir: Path) -> None:
+    """Where the training reward moved: each slice's first steps against its last ones."""
+    from .metrics import METRICS_FILE, read_metrics, slice_trend
+
+    trend = slice_trend(read_metrics(run_dir / METRICS_FILE))
+    if trend:
+        console.print("train reward by slice, its first steps → its last (steps it was trained in):", markup=False)
+        for name, (first, last, steps) in trend.items():
+            console.print(f"  {name:<28} {first:.2f} → {last:.2f}  ({steps})", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,8 @@ from ..schema import Grade, MetricsRow, TraceRecord, Trajectory
 
 METRICS_FILE = "metrics.jsonl"
 TRACES_DIR = "traces"
+SLICE_METRIC_PREFIX = "reward_by_slice/"
+"""The log keys of the per-slice training reward (``reward_by_slice/numerical_qa/easy``)."""
 
 # TRL's log keys → our column names.
 _TRL_KEYS = {
@@ -42,8 +44,28 @@ _TRL_KEYS = {
 
 def metrics_row(step: int, epoch: float | None, logs: dict[str, Any]) -> MetricsRow:
     """The row for one of TRL's ``on_log`` calls (a value TRL logged as something not a number is None)."""
-    return MetricsRow(step=step, epoch=epoch, **{ours: _float(logs[theirs]) for theirs, ours in _TRL_KEYS.items()
-                                                 if theirs in logs})
+    row = MetricsRow(step=step, epoch=epoch, **{ours: _float(logs[theirs]) for theirs, ours in _TRL_KEYS.items()
+                                                if theirs in logs})
+    slices = {key[len(SLICE_METRIC_PREFIX):]: _float(value) for key, value in logs.items()
+              if key.startswith(SLICE_METRIC_PREFIX)}
+    row.train_reward_by_slice = {name: value for name, value in slices.items() if value is not None} or None
+    return row
+
+
+def slice_trend(rows: list[MetricsRow]) -> dict[str, tuple[float, float, int]]:
+    """Per slice, its mean training reward over the first and the last quarter of the steps it was
+    trained in (at least one step, at most ten), and how many steps that was; slices seen in fewer than
+    two steps are left out. A slice's reward from one step is a handful of groups: the means are the trend."""
+    series: dict[str, list[float]] = {}
+    for row in rows:
+        for name, value in (row.train_reward_by_slice or {}).items():
+            series.setdefault(name, []).append(value)
+    trend = {}
+    for name, values in sorted(series.items()):
+        if len(values) >= 2:
+            window = min(10, max(1, len(values) // 4))
+            trend[name] = (sum(values[:window]) / window, sum(values[-window:]) / window, len(values))
+    return trend
 
 
 def read_metric_lines(path: Path) -> tuple[list[MetricsRow], list[tuple[int, str]]]:

@@ -34,6 +34,7 @@ from ..agent.settings import fit_context
 from ..config import TrainConfig
 from ..schema import Grade, Row, ToolResultTurn, Trajectory
 from .logprobs import GeneratedTokens
+from .metrics import SLICE_METRIC_PREFIX
 
 REQUIRED_KEYS = ("prompt_ids", "completion_ids", "logprobs")
 ENV_MASK_KEY = "env_mask"
@@ -204,6 +205,8 @@ class AgentRollouts:
                 log_metric("tool_errors", sum(r.is_error for r in results) / len(results) if results else 0.0)
                 log_metric("no_grade", sum(not g.graded for g in grades) / len(grades))
                 log_metric("answered", sum(t.stop_reason == "answer" for t in trajectory) / len(trajectory))
+                for name, value in reward_by_slice([self.rows_by_id[rid] for rid in row_id], grades).items():
+                    log_metric(SLICE_METRIC_PREFIX + name, value)
                 step_metrics = getattr(self.runner, "step_metrics", None)  # e.g. the vLLM weight push
                 for name, value in (step_metrics() if step_metrics else {}).items():
                     log_metric(name, value)
@@ -230,6 +233,15 @@ def agent_loop_runner(cfg: TrainConfig, token: str | None) -> RolloutRunner:
     return run
 
 
+def reward_by_slice(rows: Sequence[Row], grades: Sequence[Grade]) -> dict[str, float]:
+    """Mean graded reward per slice of the rows (``Row.slice``); a slice with nothing graded is left out."""
+    by_slice: dict[str, list[Grade]] = {}
+    for row, grade in zip(rows, grades, strict=True):
+        by_slice.setdefault(row.slice, []).append(grade)
+    means = {name: mean_reward(group) for name, group in sorted(by_slice.items())}
+    return {name: value for name, value in means.items() if value is not None}
+
+
 def mean_reward(grades: Sequence[Grade]) -> float | None:
     """Mean of the graded rewards; None when nothing could be graded."""
     values = [g.reward for g in grades if g.reward is not None and math.isfinite(g.reward)]
@@ -251,5 +263,6 @@ __all__ = [
     "agent_loop_runner",
     "check_trl_contract",
     "mean_reward",
+    "reward_by_slice",
     "to_trl_batch",
 ]

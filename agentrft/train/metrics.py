@@ -3,7 +3,8 @@
 Every logging step appends one ``MetricsRow`` with the tutorial's columns (``step``, ``val_reward``,
 ``tool_calls``, ``kl_to_ref``, ``loss``) plus what tells a healthy run from a dying one: train reward
 and its std, the share of groups whose rewards were all equal (they carry no gradient in GRPO), grad
-norm and step time. TRL names these its own way; ``metrics_row`` maps its log keys to our columns.
+norm, step time, and the train reward by slice of the rows (a mean that rises while one kind of question
+falls is two stories). TRL names these its own way; ``metrics_row`` maps its log keys to our columns.
 ``traces/step-XXXX.jsonl`` keeps ``trace_samples`` of the step's trajectories with their grades.
 """
 

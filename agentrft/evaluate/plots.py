@@ -71,22 +71,11 @@ SLICE_WINDOW = 5
 """Steps in the running mean of a slice's training reward: one step holds a handful of its groups."""
 
 
-def slice_curves(metrics: Sequence[dict]) -> list[Curve]:
-    """One curve per slice of ``train_reward_by_slice``: the running mean of its last ``SLICE_WINDOW``
+def slice_curves(series: dict[str, tuple[list[float], list[float]]]) -> list[Curve]:
+    """One curve per slice of ``train.metrics.slice_series``: the running mean of its last ``SLICE_WINDOW``
     values, at the steps the slice was trained in."""
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for index, row in enumerate(metrics):
-        by_slice = row.get("train_reward_by_slice")
-        if not isinstance(by_slice, dict):
-            continue
-        step = _number(row.get("step"))
-        for name, value in by_slice.items():
-            if _number(value) is not None:
-                steps, values = series.setdefault(name, ([], []))
-                steps.append(step if step is not None else float(index))
-                values.append(float(value))
     curves = []
-    for name, (steps, values) in sorted(series.items()):
+    for name, (steps, values) in series.items():
         windows = [values[max(0, i + 1 - SLICE_WINDOW): i + 1] for i in range(len(values))]
         running = [sum(window) / len(window) for window in windows]
         curves.append(Curve(f"train_reward_by_slice.{name}", f"train reward, {name} ({SLICE_WINDOW}-step mean)",

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UserError
 from ..files import read_text, refuse_overwrite
 from ..schema import MessageTurn, MetricsRow, Row, ToolCallTurn, ToolResultTurn, Trajectory
-from ..train.metrics import METRICS_FILE, read_metric_lines
+from ..train.metrics import METRICS_FILE, read_metric_lines, slice_series
 from .compare import Comparison, RowDiff, compare_runs, format_comparison
 from .inspect import call_text, format_delta_tools, prompt_of
 from .plots import curve_svg, curves_from_metrics, slice_bars_svg, slice_curves
@@ -130,9 +130,8 @@ def build_context(
 ) -> dict[str, Any]:
     """Everything the template shows, computed from the files."""
     metrics, metric_notes = read_metrics(run_dir / METRICS_FILE)
-    dumped = [row.model_dump() for row in metrics]
-    curves, missing = curves_from_metrics(dumped)
-    curves += slice_curves(dumped)
+    curves, missing = curves_from_metrics([row.model_dump() for row in metrics])
+    curves += slice_curves(slice_series(metrics))
     config_path = run_dir / "config.yaml"
     context: dict[str, Any] = {
         "title": run_dir.resolve().name,

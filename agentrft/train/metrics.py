@@ -10,6 +10,7 @@ falls is two stories). TRL names these its own way; ``metrics_row`` maps its log
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +54,23 @@ def metrics_row(step: int, epoch: float | None, logs: dict[str, Any]) -> Metrics
     return row
 
 
-def slice_trend(rows: list[MetricsRow]) -> dict[str, tuple[float, float, int]]:
+def slice_series(rows: Sequence[MetricsRow]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per slice (sorted by name), the steps it was trained in and its training reward at each."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        for name, value in (row.train_reward_by_slice or {}).items():
+            steps, values = series.setdefault(name, ([], []))
+            steps.append(float(row.step))
+            values.append(value)
+    return dict(sorted(series.items()))
+
+
+def slice_trend(rows: Sequence[MetricsRow]) -> dict[str, tuple[float, float, int]]:
     """Per slice, its mean training reward over the first and the last quarter of the steps it was
     trained in (at least one step, at most ten), and how many steps that was; slices seen in fewer than
     two steps are left out. A slice's reward from one step is a handful of groups: the means are the trend."""
-    series: dict[str, list[float]] = {}
-    for row in rows:
-        for name, value in (row.train_reward_by_slice or {}).items():
-            series.setdefault(name, []).append(value)
     trend = {}
-    for name, values in sorted(series.items()):
+    for name, (_, values) in slice_series(rows).items():
         if len(values) >= 2:
             window = min(10, max(1, len(values) // 4))
             trend[name] = (sum(values[:window]) / window, sum(values[-window:]) / window, len(values))

@@ -24,7 +24,7 @@ mask that keeps tool output out of the gradient.
 
 On GPUs: ``bf16`` unless the config turns it off, and gradient checkpointing. On a CPU the log-probs
 TRL's loss asks for come from ``logprobs.install_compact_logprobs`` (TRL's own head scores every padded
-position there), with the backbone in bf16 autocast where the CPU has it.
+position there), in float32 unless the config asks for ``bf16`` (``cpu_autocast``).
 
 Rollouts come from the model being trained (``LocalPolicy``) or, with ``use_vllm``, from vLLM servers
 (``vllm_rollouts.VLLMRollouts``): agentrft starts one from ``.venv-vllm`` for the run (on the training GPU,

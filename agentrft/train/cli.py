@@ -65,12 +65,11 @@ def train_command(
         if result.best_dir is not None
         else "no val_reward measured, no best checkpoint"
     )
+    print_slice_trend(console, result.run_dir)
     if result.aborted:
-        print_slice_trend(console, result.run_dir)
         console.print(f"aborted at step {result.abort_step}: {result.aborted}; {best}", markup=False)
         raise typer.Exit(ABORT_EXIT_CODE)
     last = f"last: {result.last_checkpoint}" if result.last_checkpoint else "no checkpoint"
-    print_slice_trend(console, result.run_dir)
     console.print(f"done: {result.steps} steps in {result.run_dir}; {best}; {last}", markup=False)
 
 

@@ -355,3 +355,39 @@ def test_the_trajectory_budget_fits_a_local_models_context(model_and_tokenizer) 
     assert fit_context(RolloutSettings(max_trajectory_tokens=limit // 2), local).max_trajectory_tokens == limit // 2
     endpoint = EndpointPolicy("http://127.0.0.1:9/v1", "m")  # its server cuts turns at its own context
     assert fit_context(RolloutSettings(max_trajectory_tokens=limit * 4), endpoint).max_trajectory_tokens == limit * 4
+
+
+def test_a_small_model_decodes_on_one_cpu_thread_and_leaves_the_callers_threads(tiny_model_dir, tool_server, rows,
+                                                                                  monkeypatch):
+    """The tiny model decodes with one torch thread (its steps are too small to share between two), set in
+    the decoding thread only: the caller's thread count is what it was. ``threads=None`` leaves torch's."""
+    import torch
+
+    from agentrft.agent import decoding, local
+    from agentrft.agent.policy import LocalPolicy
+    from agentrft.hardware import SMALL_MODEL_PARAMETERS, decoding_threads
+
+    seen: list[int] = []
+    decode_turn = decoding.decode_turn
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return decode_turn(*args, **kwargs)
+
+    monkeypatch.setattr(local, "decode_turn", spy)
+    torch.set_num_threads(2)
+    settings = RolloutSettings(seed=0, max_new_tokens=8, max_tool_calls=1)
+    small = LocalPolicy.from_pretrained(tiny_model_dir)
+    assert small.threads == decoding_threads(small.model) == 1
+    rollout(rows[:2], small, tool_server, TOOL_TOKEN, settings)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+    seen.clear()
+    rollout(rows[:2], LocalPolicy(small.model, small.tokenizer, threads=None), tool_server, TOOL_TOKEN, settings)
+    assert set(seen) == {2}
+
+    class Big(torch.nn.Module):  # on the CPU, counted but not allocated
+        def parameters(self):
+            yield torch.empty(1).expand(SMALL_MODEL_PARAMETERS)
+
+    assert decoding_threads(Big()) is None

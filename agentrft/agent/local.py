@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..hardware import decoding_threads, torch_threads
 from . import render
 from .decoding import decode_turn
 from .episode import Episode, Reply
@@ -34,12 +35,14 @@ class LocalPolicy:
     back afterwards. ``reuse_cache=False`` recomputes the whole conversation every turn (less memory
     held between turns: a 7B model keeps ~57 KB per token per rollout in bf16). ``lean_decoding=False``
     decodes every token through the model's own forward instead of ``LeanStep`` (which only takes
-    small float32 Llama-family models and leaves the rest to the model's forward anyway).
+    small float32 Llama-family models and leaves the rest to the model's forward anyway). ``threads``: torch's
+    CPU threads while decoding, set in the decoding thread only; "auto" is one for a small model on a CPU
+    (``hardware.decoding_threads``: its steps are too small to share), torch's setting otherwise.
     """
 
     def __init__(
         self, model: Any, tokenizer: Any, device: str | None = None, batch_size: int = 32, name: str | None = None,
-        reuse_cache: bool = True, lean_decoding: bool = True,
+        reuse_cache: bool = True, lean_decoding: bool = True, threads: int | None | str = "auto",
     ) -> None:
         if device is not None:
             model.to(device)
@@ -48,6 +51,7 @@ class LocalPolicy:
         self.batch_size = batch_size
         self.reuse_cache = reuse_cache
         self.lean_decoding = lean_decoding
+        self.threads = decoding_threads(model) if threads == "auto" else threads
         ensure_response_parser(tokenizer)
         config = getattr(model, "config", None)
         self.name = name or getattr(config, "_name_or_path", "") or "local"
@@ -116,8 +120,9 @@ class LocalPolicy:
                 if on_reply is not None:
                     on_reply(index, replies[index])
 
-            decode_turn(self.model, batch, [n for _, n in chunk], settings, seed, finish, self.pad_id, self.stop_ids,
-                        reuse_cache=self.reuse_cache, lean_decoding=self.lean_decoding)
+            with torch_threads(self.threads):
+                decode_turn(self.model, batch, [n for _, n in chunk], settings, seed, finish, self.pad_id,
+                            self.stop_ids, reuse_cache=self.reuse_cache, lean_decoding=self.lean_decoding)
         if on_reply is not None:  # those that ran out of room before generating
             for index, reply in enumerate(replies):
                 if reply is not None and reply.out_of_budget:

@@ -23,8 +23,6 @@ few hundred) are too small for a second CPU thread to pay for its synchronisatio
 
 def decoding_threads(model: object) -> int | None:
     """Torch CPU threads for decoding ``model``: 1 for a small model on a CPU, None (torch's setting) otherwise."""
-    import torch
-
     parameters = list(model.parameters())  # type: ignore[attr-defined]
     if not parameters or parameters[0].device.type != "cpu":
         return None

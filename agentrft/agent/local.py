@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -42,7 +42,7 @@ class LocalPolicy:
 
     def __init__(
         self, model: Any, tokenizer: Any, device: str | None = None, batch_size: int = 32, name: str | None = None,
-        reuse_cache: bool = True, lean_decoding: bool = True, threads: int | None | str = "auto",
+        reuse_cache: bool = True, lean_decoding: bool = True, threads: int | Literal["auto"] | None = "auto",
     ) -> None:
         if device is not None:
             model.to(device)

@@ -17,9 +17,9 @@ batched search, in a process of its own as ``agentrft tools serve`` would be. 32
   plain functions posting to the same server with a pooled httpx client.
 
 Both run with the same torch thread count (``--threads``, 1 by default, which is also what
-``LocalPolicy`` picks for a model this small on a CPU: on a shared 2-core machine two OpenMP threads in
+``LocalPolicy`` picks for a model this small on a CPU; on a shared 2-core machine two OpenMP threads in
 the main thread were measured 30× slower than one, which would flatter whichever loop happens to
-generate off the main thread, and agentrft's decoding steps 2× slower on two threads than on one). Both sample at the same temperature with the same per-turn cap (64 new tokens) and tool-call cap.
+generate off the main thread). Both sample at the same temperature with the same per-turn cap (64 new tokens) and tool-call cap.
 Sampling differs, so the loops do not produce identical trajectories; generated tokens/s and tool
 calls per trajectory are printed so the work can be compared. Run:
 ``python bench/rollout.py [--model DIR] [--repeats 2]`` (without --model, a tiny model is built and
@@ -179,11 +179,12 @@ def ensure_model(model: Path | None, synth_dir: Path, url: str) -> Path:
 
 def run_ours(model: Any, tokenizer: Any, rows: list, url: str, settings: Any, samples: int,
              phases: bool = False, lean: bool = True) -> dict[str, float]:
-    from agentrft.agent.policy import LocalPolicy  # torch
-
     import torch
 
-    policy = LocalPolicy(model, tokenizer, lean_decoding=lean, threads=torch.get_num_threads())  # --threads
+    from agentrft.agent.policy import LocalPolicy  # torch
+
+    # the count ``prepare`` set from --threads, not the one LocalPolicy would pick itself
+    policy = LocalPolicy(model, tokenizer, lean_decoding=lean, threads=torch.get_num_threads())
     spent: dict[str, float] = {}
     with _timed(policy, spent) if phases else contextlib.nullcontext(policy) as policy:
         start = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agentrft.train import logprobs
 from agentrft.train.logprobs import GeneratedTokens, covers, install_compact_logprobs
 
 TEMPERATURE = 0.7
@@ -63,8 +64,17 @@ def forward(model, ids, mask, labels):  # type: ignore[no-untyped-def]
     return model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
 
 
-def test_compact_log_probs_entropies_and_gradients_equal_trls_head() -> None:
+@pytest.mark.parametrize("chunk, frozen_head", [(None, False), (7, False), (7, True)])
+def test_compact_log_probs_entropies_and_gradients_equal_trls_head(
+    chunk: int | None, frozen_head: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also with the head split into chunks of 7 positions (its backward recomputes each chunk's logits),
+    and with the head frozen as under LoRA (gradients still reach the layers below it)."""
+    if chunk is not None:
+        monkeypatch.setattr(logprobs, "HEAD_CHUNK", chunk)
     reference, compact = trl_head(tiny_qwen2()), trl_head(tiny_qwen2())
+    for model in (reference, compact):
+        model.get_output_embeddings().weight.requires_grad_(not frozen_head)
     install_compact_logprobs(compact, TEMPERATURE)
     ids, mask, labels, _ = trl_layout(random_rows(19))  # more rows than one bucket, lengths far apart
     weights = torch.randn(ids.shape[0], ids.shape[1] - 1)
@@ -77,7 +87,9 @@ def test_compact_log_probs_entropies_and_gradients_equal_trls_head() -> None:
     for result in (ref_out, out):
         (result.log_probs * weights).sum().backward()
     for (name, a), (_, b) in zip(reference.named_parameters(), compact.named_parameters(), strict=True):
-        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+        assert (a.grad is None) == (b.grad is None) == (frozen_head and not a.requires_grad), name
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
 
 
 def test_generated_tokens_limit_the_head_to_the_policys_own_tokens() -> None:

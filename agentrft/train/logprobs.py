@@ -44,7 +44,64 @@ BUCKET_ROWS = 8
 """Rows per backbone pass after sorting by length: small buckets waste little padding, and a small
 model's matrix products stay efficient down to a few rows."""
 
+HEAD_CHUNK = 1024
+"""Positions per LM-head chunk: its logits (``HEAD_CHUNK × vocabulary`` floats) stay a few MB for a small
+vocabulary and tens of MB for a large one, whatever the step's size."""
+
 _SCALINGS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """Log-probs of the targets (and the entropies, without gradient) from the LM head, ``HEAD_CHUNK`` positions at a time.
+
+    Only the targets' log-probs and each position's log-sum-exp are kept for the backward pass, which
+    recomputes each chunk's logits. A whole step's ``positions × vocabulary`` logits, log-softmax and
+    its gradient would be hundreds of MB that grow with the step's longest batch; on a CPU a step bigger
+    than any before then spends seconds in page faults on freshly mapped memory (``bench/RESULTS.md``).
+    Chunked, the head's memory is the same few chunks every step, and it costs one more matrix product.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        count = hidden.shape[0]
+        chosen = hidden.new_empty(count)
+        normaliser = hidden.new_empty(count)
+        spread = hidden.new_empty(count) if with_entropy else None
+        for first in range(0, count, HEAD_CHUNK):
+            part = slice(first, first + HEAD_CHUNK)
+            logits = torch.nn.functional.linear(hidden[part], weight, bias)
+            lse = torch.logsumexp(logits, dim=-1)
+            normaliser[part] = lse
+            chosen[part] = logits.gather(1, targets[part, None]).squeeze(1) - lse
+            if spread is not None:
+                logp = logits.sub_(lse[:, None])
+                spread[part] = -(logp.exp() * logp).sum(dim=-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, normaliser)
+        if spread is not None:
+            ctx.mark_non_differentiable(spread)
+        return chosen, spread
+
+    @staticmethod
+    def backward(ctx: Any, grad_chosen: torch.Tensor, _grad_spread: Any) -> tuple[Any, ...]:
+        hidden, weight, bias, targets, normaliser = ctx.saved_tensors
+        wants_hidden, wants_weight, wants_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if wants_hidden else None
+        grad_weight = torch.zeros_like(weight) if wants_weight else None
+        grad_bias = torch.zeros_like(bias) if wants_bias else None
+        for first in range(0, hidden.shape[0], HEAD_CHUNK):
+            part = slice(first, first + HEAD_CHUNK)
+            g = grad_chosen[part, None]
+            # d log p(target) / d logits = onehot(target) - softmax
+            grad_logits = torch.nn.functional.linear(hidden[part], weight, bias).sub_(normaliser[part, None])
+            grad_logits.exp_().mul_(-g).scatter_add_(1, targets[part, None], g)
+            if grad_hidden is not None:
+                torch.mm(grad_logits, weight, out=grad_hidden[part])
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.t(), hidden[part])
+            if grad_bias is not None:
+                grad_bias.add_(grad_logits.sum(dim=0))
+        return grad_hidden, grad_weight, grad_bias, None, None
 
 
 class GeneratedTokens:
@@ -198,13 +255,16 @@ def _compact(
         # dividing the hidden states by the temperature scales the logits without another pass over them
         hidden = torch.cat(hidden_parts).float() / options.temperature
         bias = None if head.bias is None else head.bias.float() / options.temperature
+        targets = torch.cat(target_parts)
         with torch.autocast(device.type, enabled=False):  # the head in float32, as TRL's
-            logp = torch.log_softmax(torch.nn.functional.linear(hidden, head.weight.float(), bias), dim=-1)
-        chosen = logp.gather(1, torch.cat(target_parts)[:, None]).squeeze(1)
+            if options.with_entropy and options.entropy_grad and torch.is_grad_enabled():
+                logp = torch.log_softmax(torch.nn.functional.linear(hidden, head.weight.float(), bias), dim=-1)
+                chosen = logp.gather(1, targets[:, None]).squeeze(1)
+                spread = -(logp.exp() * logp).sum(dim=-1)
+            else:
+                chosen, spread = _ChunkedHead.apply(hidden, head.weight.float(), bias, targets, options.with_entropy)
         log_probs = log_probs.view(-1).index_put((index,), chosen).view(rows, width - 1)
         if entropy is not None:
-            with torch.set_grad_enabled(options.entropy_grad and torch.is_grad_enabled()):
-                spread = -(logp.exp() * logp).sum(dim=-1)
             entropy = entropy.view(-1).index_put((index,), spread).view(rows, width - 1)
         label_mask.view(-1)[index] = True
     else:  # nothing to score: a zero that is still connected to the model, so backward() works

@@ -64,14 +64,19 @@ def forward(model, ids, mask, labels):  # type: ignore[no-untyped-def]
     return model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
 
 
-@pytest.mark.parametrize("chunk, frozen_head", [(None, False), (7, False), (7, True)])
+@pytest.mark.parametrize("chunk, floats, frozen_head", [(None, None, False), (7, None, False), (7, None, True),
+                                                        (None, 97 * 3, False)])
 def test_compact_log_probs_entropies_and_gradients_equal_trls_head(
-    chunk: int | None, frozen_head: bool, monkeypatch: pytest.MonkeyPatch
+    chunk: int | None, floats: int | None, frozen_head: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Also with the head split into chunks of 7 positions (its backward recomputes each chunk's logits),
-    and with the head frozen as under LoRA (gradients still reach the layers below it)."""
+    of 3 positions because the vocabulary (97) fills the cap on logits per chunk, and with the head frozen
+    as under LoRA (gradients still reach the layers below it)."""
     if chunk is not None:
         monkeypatch.setattr(logprobs, "HEAD_CHUNK", chunk)
+    if floats is not None:
+        monkeypatch.setattr(logprobs, "HEAD_CHUNK_FLOATS", floats)
+        assert logprobs._chunk_positions(97) == 3
     reference, compact = trl_head(tiny_qwen2()), trl_head(tiny_qwen2())
     for model in (reference, compact):
         model.get_output_embeddings().weight.requires_grad_(not frozen_head)

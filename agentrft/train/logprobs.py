@@ -45,31 +45,38 @@ BUCKET_ROWS = 8
 model's matrix products stay efficient down to a few rows."""
 
 HEAD_CHUNK = 1024
-"""Positions per LM-head chunk: its logits (``HEAD_CHUNK × vocabulary`` floats) stay a few MB for a small
-vocabulary and tens of MB for a large one, whatever the step's size."""
+"""Positions per LM-head chunk at most (18 MB of float32 logits for the tiny model's 4,488 tokens)."""
+HEAD_CHUNK_FLOATS = 1 << 23
+"""Logits per chunk at most (32 MB of float32): a 150k-token vocabulary gets chunks of 55 positions."""
 
 _SCALINGS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
+def _chunk_positions(vocabulary: int) -> int:
+    return max(1, min(HEAD_CHUNK, HEAD_CHUNK_FLOATS // max(vocabulary, 1)))
+
+
 class _ChunkedHead(torch.autograd.Function):
-    """Log-probs of the targets (and the entropies, without gradient) from the LM head, ``HEAD_CHUNK`` positions at a time.
+    """Log-probs of the targets (and the entropies, without gradient) from the LM head, a chunk of positions at a time.
 
     Only the targets' log-probs and each position's log-sum-exp are kept for the backward pass, which
     recomputes each chunk's logits. A whole step's ``positions × vocabulary`` logits, log-softmax and
     its gradient would be hundreds of MB that grow with the step's longest batch; on a CPU a step bigger
     than any before then spends seconds in page faults on freshly mapped memory (``bench/RESULTS.md``).
-    Chunked, the head's memory is the same few chunks every step, and it costs one more matrix product.
+    Chunked (``HEAD_CHUNK`` positions, fewer for a large vocabulary), the head's memory is the same few
+    chunks every step, and it costs one more matrix product.
     """
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 targets: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         count = hidden.shape[0]
+        ctx.chunk = chunk = _chunk_positions(weight.shape[0])
         chosen = hidden.new_empty(count)
         normaliser = hidden.new_empty(count)
         spread = hidden.new_empty(count) if with_entropy else None
-        for first in range(0, count, HEAD_CHUNK):
-            part = slice(first, first + HEAD_CHUNK)
+        for first in range(0, count, chunk):
+            part = slice(first, first + chunk)
             logits = torch.nn.functional.linear(hidden[part], weight, bias)
             lse = torch.logsumexp(logits, dim=-1)
             normaliser[part] = lse
@@ -89,8 +96,8 @@ class _ChunkedHead(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if wants_hidden else None
         grad_weight = torch.zeros_like(weight) if wants_weight else None
         grad_bias = torch.zeros_like(bias) if wants_bias else None
-        for first in range(0, hidden.shape[0], HEAD_CHUNK):
-            part = slice(first, first + HEAD_CHUNK)
+        for first in range(0, hidden.shape[0], ctx.chunk):
+            part = slice(first, first + ctx.chunk)
             g = grad_chosen[part, None]
             # d log p(target) / d logits = onehot(target) - softmax
             grad_logits = torch.nn.functional.linear(hidden[part], weight, bias).sub_(normaliser[part, None])

@@ -17,8 +17,9 @@ the labels, zero where the label is -100) and does less work to get there:
 - rows are sorted by their real length and run through the backbone in buckets, each cut to its own
   longest row, so padding costs almost nothing (each row's tokens are one contiguous span: TRL pads
   prompts on the left and completions on the right);
-- the LM head and the softmax run only on positions whose label the policy generated, as one matrix
-  product each way. Which tokens those are comes from ``GeneratedTokens``, filled by the rollout
+- the LM head and the softmax run only on positions whose label the policy generated, in chunks of
+  positions whose logits are recomputed in the backward pass rather than kept (``_ChunkedHead``), so
+  the head's memory does not grow with the step. Which tokens those are comes from ``GeneratedTokens``, filled by the rollout
   function with the same ``env_mask`` it hands TRL. Everywhere TRL reads these log-probs (the policy
   ratio, the KL term, the entropy metric, the importance weights) it multiplies them by that mask
   first, so the zeros left on tool tokens never reach the loss; ``check_trl_contract`` checks that TRL

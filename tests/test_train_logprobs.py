@@ -177,3 +177,16 @@ def test_the_cpu_loss_runs_in_float32_unless_bf16_is_asked_for() -> None:
     assert cpu_autocast(config_from_dict(base)) is False
     assert cpu_autocast(config_from_dict({**base, "bf16": False})) is False
     assert cpu_autocast(config_from_dict({**base, "bf16": True})) is cpu_has_native_bf16()
+
+
+def test_a_differentiable_entropy_keeps_its_gradient() -> None:
+    """``entropy_grad`` (an entropy bonus in the loss) gets an entropy that backpropagates, equal to TRL's."""
+    reference, compact = trl_head(tiny_qwen2()), trl_head(tiny_qwen2())
+    install_compact_logprobs(compact, TEMPERATURE, entropy_grad=True)
+    ids, mask, labels, _ = trl_layout(random_rows(5, seed=5))
+    ref_out, out = forward(reference, ids, mask, labels), forward(compact, ids, mask, labels)
+    scored = labels[:, 1:] != -100
+    assert torch.allclose(out.entropy[scored], ref_out.entropy[scored], atol=1e-5)
+    assert out.entropy.requires_grad
+    out.entropy.sum().backward()
+    assert compact.get_output_embeddings().weight.grad.abs().sum() > 0

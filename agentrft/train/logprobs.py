@@ -19,11 +19,11 @@ the labels, zero where the label is -100) and does less work to get there:
   prompts on the left and completions on the right);
 - the LM head and the softmax run only on positions whose label the policy generated, in chunks of
   positions whose logits are recomputed in the backward pass rather than kept (``_ChunkedHead``), so
-  the head's memory does not grow with the step. Which tokens those are comes from ``GeneratedTokens``, filled by the rollout
-  function with the same ``env_mask`` it hands TRL. Everywhere TRL reads these log-probs (the policy
-  ratio, the KL term, the entropy metric, the importance weights) it multiplies them by that mask
-  first, so the zeros left on tool tokens never reach the loss; ``check_trl_contract`` checks that TRL
-  still masks that way. A row the registry does not know is scored at every label.
+  the head's memory does not grow with the step. Which tokens those are comes from
+  ``GeneratedTokens``, filled by the rollout function with the same ``env_mask`` it hands TRL.
+  Everywhere TRL reads these log-probs (the policy ratio, the KL term, the entropy metric, the
+  importance weights) it multiplies them by that mask first, so the zeros left on tool tokens never
+  reach the loss; ``check_trl_contract`` checks that TRL still masks that way. A row the registry does not know is scored at every label.
 
 Positions inside a row start at 0 in a bucket where TRL's layout started them after the left
 padding; rotary attention depends only on relative positions, so the log-probs are the same to float
@@ -54,7 +54,8 @@ _SCALINGS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_
 
 
 def _chunk_positions(vocabulary: int) -> int:
-    return max(1, min(HEAD_CHUNK, HEAD_CHUNK_FLOATS // max(vocabulary, 1)))
+    """Positions per head chunk for a vocabulary of this size: ``HEAD_CHUNK``, fewer past ``HEAD_CHUNK_FLOATS``."""
+    return max(1, min(HEAD_CHUNK, HEAD_CHUNK_FLOATS // vocabulary))
 
 
 class _ChunkedHead(torch.autograd.Function):
@@ -62,9 +63,8 @@ class _ChunkedHead(torch.autograd.Function):
 
     Only the targets' log-probs and each position's log-sum-exp are kept for the backward pass, which
     recomputes each chunk's logits. A whole step's ``positions × vocabulary`` logits, log-softmax and
-    its gradient would be hundreds of MB that grow with the step's longest batch; on a CPU a step bigger
-    than any before then spends seconds in page faults on freshly mapped memory (``bench/RESULTS.md``).
-    Chunked (``HEAD_CHUNK`` positions, fewer for a large vocabulary), the head's memory is the same few
+    gradient grow with the step's batch, and on a CPU memory that grows the process is paid for in page
+    faults (``bench/RESULTS.md``). Chunked (``HEAD_CHUNK`` positions, fewer for a large vocabulary), the head's memory is the same few
     chunks every step, and it costs one more matrix product.
     """
 

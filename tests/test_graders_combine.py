@@ -60,9 +60,11 @@ def test_tool_use_checks_tools_evidence_and_budget() -> None:
     assert grader.grade(row, good).reward == 1.0
     no_read = grader.grade(row, _trajectory([("search", {"query": "h"}, False)]))
     assert no_read.reward == pytest.approx((0.5 + 0 + 1) / 3)
-    assert "never called read" in no_read.reason and "never read filings/h-10q.html" in no_read.reason
+    assert "never used read" in no_read.reason and "never read filings/h-10q.html" in no_read.reason
     failed_read = _trajectory([("search", {}, False), ("read", {"path": "filings/h-10q.html"}, True)])
-    assert grader.grade(row, failed_read).sub_rewards["evidence"] == 0.0
+    failed = grader.grade(row, failed_read)
+    assert failed.sub_rewards["evidence"] == 0.0 and failed.sub_rewards["must_use_tools"] == 0.5
+    assert "never used read" in failed.reason  # a read that only returned an error did not use the tool
     over = _trajectory([("search", {}, False)] * 3 + [("read", {"path": "filings/h-10q.html"}, False)])
     graded = grader.grade(row, over)
     assert graded.sub_rewards["budget"] == 0.0 and "2 over" in graded.reason

@@ -2,7 +2,9 @@
 
 Three checks, each scored in [0, 1] and averaged (only the checks that apply to the row count):
 
-- every tool in ``expected.must_use_tools`` was called at least once without a call error;
+- every tool in ``expected.must_use_tools`` was called at least once and answered: a call that
+  could not be parsed or routed, or whose result was an error (a path that does not exist, a bad
+  argument), does not count as using the tool;
 - the document in ``expected.evidence_path`` was read: a ``read`` call whose ``path`` argument is
   that path (leading ``./`` or ``/`` ignored) and whose result was not an error;
 - the tool-call budget (``max_tool_calls`` in the grader's declaration) was kept; each call over
@@ -43,7 +45,8 @@ class ToolUseGrader:
 
     def grade(self, row: Row, trajectory: Trajectory) -> Grade:
         failed_calls = {t.call_id for t in trajectory.turns if isinstance(t, ToolResultTurn) and t.is_error}
-        used = {c.name for c in trajectory.tool_calls if c.error is None}
+        answered = [c for c in trajectory.tool_calls if c.error is None and c.call_id not in failed_calls]
+        used = {c.name for c in answered}
         scores: dict[str, float] = {}
         notes: list[str] = []
 
@@ -51,17 +54,11 @@ class ToolUseGrader:
         if required:
             missing = [name for name in required if name not in used]
             scores["must_use_tools"] = 1 - len(missing) / len(required)
-            notes.append(f"never called {', '.join(missing)}" if missing else f"called {', '.join(required)}")
+            notes.append(f"never used {', '.join(missing)}" if missing else f"used {', '.join(required)}")
 
         evidence = _norm_path(row.expected.evidence_path) if self.check_evidence else ""
         if evidence:
-            read = any(
-                c.name == self.read_tool
-                and c.error is None
-                and c.call_id not in failed_calls
-                and _norm_path(c.args.get("path")) == evidence
-                for c in trajectory.tool_calls
-            )
+            read = any(c.name == self.read_tool and _norm_path(c.args.get("path")) == evidence for c in answered)
             scores["evidence"] = 1.0 if read else 0.0
             notes.append(f"read {evidence}" if read else f"never read {evidence}")
 

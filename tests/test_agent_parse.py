@@ -69,6 +69,33 @@ def test_malformed_calls_become_recorded_errors(tokenizer, prefix, text, error):
     assert reply.calls[0].error.startswith(error) and reply.calls[0].raw
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Let me look.\n" + call("search", {"query": "Q3 2025 margin", "top_k": "2"}) + "<|im_end|>",
+        call("read", {"path": "filings/h.html"}) + "\n" + call("list", {"prefix": "filings/"}) + "<|im_end|>",
+        "Operating margin: 13.4%<|im_end|>",
+        'I will search <tool_call>\n{"name": "search", "argu',
+        "<tool_call>\n[1, 2]\n</tool_call><|im_end|>",
+        "a spelled-out <|im_end|> and <tool_call> in the text, then € and 中<|im_end|>",
+    ],
+)
+def test_the_kept_parsing_view_parses_as_the_tokenizer_does(tokenizer, prefix, text):
+    from agentrft.agent import parse as parse_module
+
+    def outcome(parse_call):  # the parsed message, or the error it raised
+        try:
+            return parse_call()
+        except ValueError as exc:
+            return type(exc), str(exc)
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    expected = outcome(lambda: tokenizer.parse_response(ids, prefix=prefix, tools=tool_specs()))
+    for _ in range(2):  # the view is built on the first reply and reused on the second
+        assert outcome(lambda: parse_module._parse_ids(tokenizer, ids, prefix, tool_specs())) == expected
+    assert parse_module._views[tokenizer].added_tokens_decoder == tokenizer.added_tokens_decoder
+
+
 def test_tool_suffix_is_the_template_rendering_after_the_end_token(tokenizer):
     suffix = tool_suffix_ids(tokenizer, [{"role": "tool", "name": "read", "content": "Revenue: $1M"}])
     assert tokenizer.decode(suffix) == "\n<|im_start|>user\n<tool_response>\nRevenue: $1M\n</tool_response><|im_end|>\n<|im_start|>assistant\n"

@@ -5,12 +5,19 @@ Llama 3's python tags, …) from a ``response_template``; TRL's ``add_response_s
 the chat templates it knows, so a Qwen2.5, Qwen3 or Llama-3 model parses unchanged. What the parser
 cannot read is kept, not dropped: a turn that opened a tool call but did not close valid JSON becomes
 a ``ToolCallTurn`` with ``error`` and ``raw`` set, so the trajectory records it and the model is told.
+
+A fast tokenizer's replies are parsed from their token ids (a control token only delimits when it was
+generated as one) through ``_ParsingView``, which hands transformers' parser the tokenizer's added
+tokens from a snapshot taken once instead of rebuilding them for every reply.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import re
+import weakref
 from typing import Any
 
 from ..errors import UserError
@@ -33,6 +40,61 @@ def ensure_response_parser(tokenizer: Any, source: str = "the tokenizer") -> Non
             f"{source}: unknown chat template, so its tool calls cannot be parsed; set "
             "tokenizer.response_template (see transformers' chat response parsing docs)"
         ) from None
+
+
+class _ParsingView:
+    """The tokenizer as transformers' token-id response parser reads it, its added tokens read once.
+
+    ``tokenizer.parse_response`` builds a ``TokenIdDecoder`` for every reply, and that reads
+    ``added_tokens_decoder`` (rebuilt from the Rust tokenizer on every access) and the control tokens of
+    the chat template afresh, a walk over every added token: with a few thousand added tokens (the tiny
+    model's number chunks and metric labels) that was most of the parse and half of a rollout phase's
+    time (bench/RESULTS.md). A tokenizer does not change while it decodes, so those answers are kept;
+    any other attribute the parser reads comes from the tokenizer itself.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.chat_template = tokenizer.chat_template
+        self.added_tokens_decoder = dict(tokenizer.added_tokens_decoder)
+        self._control_tokens: dict[str, tuple[str, ...]] = {}
+
+    def _get_control_tokens(self, chat_template: str) -> tuple[str, ...]:
+        if chat_template not in self._control_tokens:
+            self._control_tokens[chat_template] = self._tokenizer._get_control_tokens(chat_template)
+        return self._control_tokens[chat_template]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+_views: weakref.WeakKeyDictionary[Any, _ParsingView] = weakref.WeakKeyDictionary()
+
+
+def _parse_ids(tokenizer: Any, ids: list[int], prefix: list[int], tools: list[dict[str, Any]] | None) -> Any:
+    """``tokenizer.parse_response(ids, prefix=prefix, tools=tools)``, through the tokenizer's kept view
+    where transformers parses token ids with a tokenizer argument (a fast tokenizer)."""
+    if not getattr(tokenizer, "is_fast", False) or not _parses_token_ids():
+        return tokenizer.parse_response(ids, prefix=prefix, tools=tools)
+    from transformers.utils.chat_parsing import parse_response
+
+    try:
+        view = _views.get(tokenizer)
+        if view is None:
+            view = _views[tokenizer] = _ParsingView(tokenizer)
+    except TypeError:  # a tokenizer that cannot be weakly referenced: a view for this reply alone
+        view = _ParsingView(tokenizer)
+    return parse_response(ids, tokenizer.response_template, prefix=prefix, tools=tools, tokenizer=view)
+
+
+@functools.cache
+def _parses_token_ids() -> bool:
+    """Whether this transformers' ``chat_parsing.parse_response`` takes a tokenizer (parses token ids)."""
+    try:
+        from transformers.utils.chat_parsing import parse_response
+    except ImportError:
+        return False
+    return "tokenizer" in inspect.signature(parse_response).parameters
 
 
 def _tool_call_opener(tokenizer: Any) -> re.Pattern[str] | None:
@@ -75,7 +137,7 @@ def parse_reply(
     """Parse one generated turn (``ids``, after the rendered ``prefix``) into text and tool calls."""
     eos = tokenizer.eos_token or ""
     try:
-        parsed = tokenizer.parse_response(ids, prefix=prefix, tools=tools or None)
+        parsed = _parse_ids(tokenizer, ids, prefix, tools or None)
         if not isinstance(parsed, dict):
             raise ValueError("the parser returned nothing")
     except (ValueError, TypeError, KeyError) as exc:

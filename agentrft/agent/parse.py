@@ -48,9 +48,9 @@ class _ParsingView:
     ``tokenizer.parse_response`` builds a ``TokenIdDecoder`` for every reply, and that reads
     ``added_tokens_decoder`` (rebuilt from the Rust tokenizer on every access) and the control tokens of
     the chat template afresh, a walk over every added token: with a few thousand added tokens (the tiny
-    model's number chunks and metric labels) that was most of the parse and half of a rollout phase's
-    time (bench/RESULTS.md). A tokenizer does not change while it decodes, so those answers are kept;
-    any other attribute the parser reads comes from the tokenizer itself.
+    model's number chunks and metric labels) that walk is most of a reply's parse, and a rollout parses
+    every turn of every trajectory (bench/RESULTS.md). A tokenizer does not change while it decodes, so
+    those answers are kept; any other attribute the parser reads comes from the tokenizer itself.
     """
 
     def __init__(self, tokenizer: Any) -> None:

@@ -74,10 +74,9 @@ _views: weakref.WeakKeyDictionary[Any, _ParsingView] = weakref.WeakKeyDictionary
 def _parse_ids(tokenizer: Any, ids: list[int], prefix: list[int], tools: list[dict[str, Any]] | None) -> Any:
     """``tokenizer.parse_response(ids, prefix=prefix, tools=tools)``, through the tokenizer's kept view
     where transformers parses token ids with a tokenizer argument (a fast tokenizer)."""
-    if not getattr(tokenizer, "is_fast", False) or not _parses_token_ids():
+    parse_response = _token_id_parser()
+    if parse_response is None or not getattr(tokenizer, "is_fast", False):
         return tokenizer.parse_response(ids, prefix=prefix, tools=tools)
-    from transformers.utils.chat_parsing import parse_response
-
     try:
         view = _views.get(tokenizer)
         if view is None:
@@ -88,13 +87,13 @@ def _parse_ids(tokenizer: Any, ids: list[int], prefix: list[int], tools: list[di
 
 
 @functools.cache
-def _parses_token_ids() -> bool:
-    """Whether this transformers' ``chat_parsing.parse_response`` takes a tokenizer (parses token ids)."""
+def _token_id_parser() -> Any:
+    """transformers' ``chat_parsing.parse_response`` where it takes a tokenizer (parses token ids), else None."""
     try:
         from transformers.utils.chat_parsing import parse_response
     except ImportError:
-        return False
-    return "tokenizer" in inspect.signature(parse_response).parameters
+        return None
+    return parse_response if "tokenizer" in inspect.signature(parse_response).parameters else None
 
 
 def _tool_call_opener(tokenizer: Any) -> re.Pattern[str] | None:

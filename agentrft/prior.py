@@ -129,6 +129,14 @@ class PriorSummary:
             where = "below"
         return f"{k}/{n} ({share:.0%}) of rows are in the signal band — {where} the {low:.0%}–{high:.0%} rule of thumb."
 
+    @classmethod
+    def of_results(cls, results: Sequence[PriorResult], rollouts: int) -> PriorSummary:
+        """The summary a check of ``rollouts`` per row wrote as ``results`` (its ``--out`` file): a row's
+        rollouts that got no grade are the ones missing from its count."""
+        counts = Counter(r.bucket for r in results)
+        ungraded = sum(max(0, rollouts - r.rollouts) for r in results)
+        return cls(list(results), counts, decide(counts, len(results)), ungraded)
+
     def advice(self) -> str:
         if self.verdict == "go":
             return "RFT has something to learn here. Move on."
@@ -204,6 +212,18 @@ def prior_check(
 _out = Console(highlight=False, soft_wrap=True)
 
 
+def print_summary(rows: Sequence[Row], summary: PriorSummary) -> None:
+    """The check's outcome as the command prints it: bucket counts, the band, its slices, the verdict."""
+    _out.print(repr(summary.counts), markup=False)
+    _out.print(summary.band_line(), markup=False)
+    by_slice = band_by_slice(rows, summary.results)
+    if len(by_slice) > 1:
+        _out.print(slices_line(by_slice), markup=False)
+    _out.print(f"verdict: {summary.verdict} — {summary.advice()}", markup=False)
+    if summary.ungraded:
+        _out.print(f"warning: {summary.ungraded} rollouts got no grade (the grader failed) and are left out", markup=False)
+
+
 def prior_check_command(
     config: Path = typer.Argument(..., help="The training config (YAML): base_model, val_path, tools, grader, sampling."),
     n: int = typer.Option(50, "--n", min=1, help="Rows to check (the first N of --data)."),
@@ -261,14 +281,7 @@ def prior_check_command(
                 )
             except ToolServerUnavailable as exc:
                 raise UserError(f"{exc}; is 'agentrft tools serve' running at {cfg.tools_url}?") from None
-    _out.print(repr(summary.counts), markup=False)
-    _out.print(summary.band_line(), markup=False)
-    by_slice = band_by_slice(rows, summary.results)
-    if len(by_slice) > 1:
-        _out.print(slices_line(by_slice), markup=False)
-    _out.print(f"verdict: {summary.verdict} — {summary.advice()}", markup=False)
-    if summary.ungraded:
-        _out.print(f"warning: {summary.ungraded} rollouts got no grade (the grader failed) and are left out", markup=False)
+    print_summary(rows, summary)
     write_models(out, summary.results)
     _out.print(f"wrote {out} ({len(summary.results)} rows)", markup=False)
     if traces is not None:
@@ -302,6 +315,7 @@ __all__ = [
     "decide",
     "prior_check",
     "prior_check_command",
+    "print_summary",
     "summarise",
     "summarise_row",
 ]

@@ -236,6 +236,24 @@ def test_cache_hits_only_on_the_same_key(tmp_path: Path, tiny_model_dir: Path, s
     assert cached_warm_model(tmp_path, {**key, "rows_sha256": "0" * 64}) is None
 
 
+def test_cached_files_come_back_only_whole_and_only_for_their_key(tmp_path: Path) -> None:
+    from agentrft.filings.model.cache import restore_files, rollout_code_parts, store_files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "prior.jsonl").write_text("a\n")
+    (out / "train.jsonl").write_text("b\n")
+    key = {"kind": "test", "model": "m", **rollout_code_parts()}
+    assert key["cpu"]["capability"] and len(key["agentrft_source_sha256"]) == 64
+    store_files(tmp_path / "cache", key, [out / "prior.jsonl", out / "train.jsonl"])
+    again = tmp_path / "again"
+    assert not restore_files(tmp_path / "cache", {**key, "model": "other"}, [again / "prior.jsonl"])
+    assert not restore_files(tmp_path / "cache", key, [again / "prior.jsonl", again / "missing.jsonl"])
+    assert not again.exists()  # a miss writes nothing
+    assert restore_files(tmp_path / "cache", key, [again / "prior.jsonl", again / "train.jsonl"])
+    assert (again / "prior.jsonl").read_text() == "a\n" and (again / "train.jsonl").read_text() == "b\n"
+
+
 def test_the_demo_cache_key_is_unchanged(tmp_path: Path) -> None:
     """The key ``agentrft demo`` looks its warm-started model up by (seed 0, the default settings, the corpus
     and rows of ``data synth --seed 0``). It changes only on purpose — a new recipe, setting, prompt, tool

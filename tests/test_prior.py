@@ -43,6 +43,22 @@ def test_summary_leaves_ungraded_rollouts_out_and_uses_the_threshold():
     assert summary.band_line() == "1/2 (50%) of rows are in the signal band — well over the 15%–30% rule of thumb."
 
 
+def test_a_summary_read_back_from_its_results_file_is_the_same(tmp_path):
+    """The demo prints a cached check's outcome from the ``--out`` file alone: the counts, the verdict
+    and the ungraded rollouts (those missing from a row's count) come back from it."""
+    from agentrft.jsonl import write_models
+    from agentrft.prior import PriorSummary
+
+    rows = [Row(id=f"r{i}", prompt="q", reference_answer="1") for i in range(3)]
+    trajectories = [Trajectory(row_id=r.id, sample_index=k) for r in rows for k in range(3)]
+    rewards = [1.0, 0.5, None, 1.0, 1.0, 1.0, 0.0, None, None]
+    summary = summarise(rows, trajectories, [Grade(reward=r, grader="g") for r in rewards])
+    write_models(tmp_path / "prior.jsonl", summary.results)
+    again = PriorSummary.of_results(read_models(tmp_path / "prior.jsonl", PriorResult), rollouts=3)
+    assert (again.results, again.counts, again.verdict, again.ungraded) == (
+        summary.results, summary.counts, summary.verdict, summary.ungraded) and summary.ungraded == 3
+
+
 def test_rows_to_train_on_by_band_or_by_slice():
     """easy: 2 of 10 rows in the band (20%); medium: 1 of 12 (8%); hard: none of 3."""
     from agentrft.schema import RowMetadata

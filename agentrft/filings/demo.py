@@ -4,8 +4,11 @@ Every step runs the real command (printed first, with ``$``), in the order the w
 dataset and the tools come first because the prior check needs both, and the tiny model is
 warm-started before its prior check ("fix the prior first", since no model can be downloaded here).
 The tool server runs in this process on a free loopback port with a fresh token for the length of the
-demo. The warm-started model is cached under ``--cache`` keyed by seed, version and settings, so a
-second demo skips the warm start; a key that differs never reuses it.
+demo. The warm-started model is cached under ``--cache`` keyed by seed, version and settings, and so are
+the prior check's and the base evaluations' output files, keyed by that model, their rows, config and
+grader, the package's source and the CPU: a second demo skips the warm start and those rollouts (the
+same inputs on the same machine give the same files) and trains and evaluates the tuned model afresh;
+a key that differs never reuses an entry.
 """
 
 from __future__ import annotations
@@ -26,7 +29,16 @@ from rich.console import Console
 
 from ..errors import UserError
 from ..train.cli import ABORT_EXIT_CODE
-from .model.cache import cached_warm_model, store_warm_model, warm_start_key_parts
+from .model.cache import (
+    cache_key,
+    cached_warm_model,
+    hash_paths,
+    restore_files,
+    rollout_code_parts,
+    store_files,
+    store_warm_model,
+    warm_start_key_parts,
+)
 from .model.measure import strategy_line
 from .model.prompts import READ_BUDGET_CHARS
 
@@ -72,6 +84,8 @@ class Demo:
     baseline: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     tools_url: str = ""
+    base_key: str = ""
+    """The cache key of the warm-started model the steps after it run on."""
 
     @property
     def data(self) -> Path:
@@ -90,12 +104,16 @@ class Demo:
         return self.out / "config.yaml"
 
 
+def echo(argv: list[str]) -> None:
+    console.print(f"\n[bold cyan]$ agentrft {shlex.join(argv)}[/]")
+
+
 def agentrft(*args: str | Path) -> None:
     """Run one agentrft command in this process, echoing it the way a user would type it."""
     from ..cli import main  # the CLI registers this module's command: imported when the demo runs
 
     argv = [str(a) for a in args]
-    console.print(f"\n[bold cyan]$ agentrft {shlex.join(argv)}[/]")
+    echo(argv)
     try:
         main(argv)
     except SystemExit as exc:
@@ -163,6 +181,7 @@ def warm_model(demo: Demo) -> Path:
     rows = demo.data / "research_train.jsonl"
     settings = WarmStartSettings(seed=demo.seed).model_dump()
     key = warm_start_key_parts(demo.seed, demo.data / "corpus", rows, settings)
+    demo.base_key = cache_key(key)
     cached = cached_warm_model(demo.cache, key)
     if cached is not None:
         console.print(f"warm-started model found in the cache ({cached}); skipping build and warm start")
@@ -178,6 +197,57 @@ def warm_model(demo: Demo) -> Path:
     agentrft("model", "warm-start", "--model", tiny, "--rows", rows, "--tools-url", demo.tools_url,
              "--token-file", demo.token_file, "--out", warm, "--seed", demo.seed, "--measure", MEASURE_ROWS)
     return store_warm_model(demo.cache, key, warm)
+
+
+RUN_KEYS = ("train_path", "val_path", "base_model", "tools_url", "tools_token_env", "tools_token_file",
+            "output_dir", "max_steps")
+"""Config keys that name this run's files, port and length: not part of what a rollout step's result
+depends on (the rows and the model are keyed by content instead)."""
+
+
+def rollouts_key(demo: Demo, kind: str, rows: Path, **args: object) -> dict[str, object]:
+    """The cache key of a rollout step of the warm-started model: what decides its output files."""
+    cfg = yaml.safe_load(demo.config.read_text())
+    return {
+        "kind": kind,
+        "model": demo.base_key,
+        "rows_sha256": hash_paths(rows),
+        "config": {k: v for k, v in cfg.items() if k not in RUN_KEYS},
+        "grader_sha256": hash_paths(GRADER),
+        "args": args,
+        **rollout_code_parts(),
+    }
+
+
+def reused(demo: Demo, key: dict[str, object], files: list[Path], argv: list[str | Path]) -> bool:
+    """Put the cached output ``files`` of the command ``argv`` in place; False (nothing written) on a miss."""
+    if not restore_files(demo.cache, key, files):
+        return False
+    echo([str(a) for a in argv])
+    console.print(f"the same command on the same model, rows, config and code ran before: its "
+                  f"{', '.join(f.name for f in files)} from the cache ({demo.cache / cache_key(key)})")
+    return True
+
+
+def prior_check(demo: Demo, train: Path, learnable: Path) -> None:
+    """Step 1 on every training row; writes the learnable slices' rows to ``learnable``."""
+    from ..jsonl import read_models
+    from ..prior import PriorSummary, print_summary
+    from ..schema import PriorResult, Row
+
+    results = demo.out / "prior.jsonl"
+    argv: list[str | Path] = ["prior-check", demo.config, "--data", train, "--n", PRIOR_ROWS, "--rollouts",
+                              PRIOR_ROLLOUTS, "--threshold", ANSWER_RIGHT, "--out", results,
+                              "--write-filtered", learnable, "--filter", "slices"]
+    key = rollouts_key(demo, "demo-prior-check", train, n=PRIOR_ROWS, rollouts=PRIOR_ROLLOUTS,
+                       threshold=ANSWER_RIGHT, filter="slices")
+    if reused(demo, key, [results, learnable], argv):
+        rows = read_models(train, Row)[:PRIOR_ROWS]
+        print_summary(rows, PriorSummary.of_results(read_models(results, PriorResult), PRIOR_ROLLOUTS))
+        console.print(f"{learnable}: {len(read_models(learnable, Row))} rows to train on")
+        return
+    agentrft(*argv)
+    store_files(demo.cache, key, [results, learnable])
 
 
 def run_demo(demo: Demo) -> None:
@@ -203,9 +273,7 @@ def _after_tools(demo: Demo, train: Path, val: Path) -> None:
         agentrft("config", "check", demo.config)
     with step(demo, "Step 1 · prior check"):
         learnable = demo.data / "train_learnable.jsonl"
-        agentrft("prior-check", demo.config, "--data", train, "--n", PRIOR_ROWS, "--rollouts", PRIOR_ROLLOUTS,
-                 "--threshold", ANSWER_RIGHT, "--out", demo.out / "prior.jsonl", "--write-filtered", learnable,
-                 "--filter", "slices")
+        prior_check(demo, train, learnable)
         train_on(demo, learnable)
     with step(demo, "Step 6 · train"):
         if demo.run_dir.exists():  # the demo's own run from an earlier `make demo`: start afresh
@@ -255,11 +323,17 @@ def evaluate(demo: Demo, base: Path, val: Path) -> None:
     evals = demo.run_dir / "eval"
     with step(demo, "Step 7 · evaluate base vs tuned"):
         for name, model in (("base", base), ("tuned", tuned)):
-            agentrft("eval", "--model", model, "--data", val, "--out", evals / f"{name}.jsonl",
-                     "--config", demo.config, "--grader", GRADER)
-            agentrft("eval", "--model", model, "--data", val, "--out", evals / f"{name}-sampled.jsonl",
-                     "--config", demo.config, "--grader", GRADER, "--samples", EVAL_SAMPLES,
-                     "--temperature", temperature)
+            for suffix, sampling in (("", []), ("-sampled", ["--samples", EVAL_SAMPLES, "--temperature", temperature])):
+                out = evals / f"{name}{suffix}.jsonl"
+                argv = ["eval", "--model", model, "--data", val, "--out", out, "--config", demo.config,
+                        "--grader", GRADER, *sampling]
+                if name == "tuned":
+                    agentrft(*argv)
+                    continue
+                key = rollouts_key(demo, "demo-base-eval", val, sampling=[str(a) for a in sampling])
+                if not reused(demo, key, [out], argv):
+                    agentrft(*argv)
+                    store_files(demo.cache, key, [out])
         console.print("\n[bold]Greedy, one rollout per row:[/]")
         agentrft("compare", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val, "--threshold", ANSWER_RIGHT)
         console.print(f"\n[bold]Sampled at the training temperature {temperature:g}, {EVAL_SAMPLES} rollouts per row:[/]")

@@ -314,6 +314,7 @@ def evaluate(demo: Demo, base: Path, val: Path) -> None:
     The last checkpoint, not the best by val reward: the val subset that picks the best checkpoint is
     drawn from the rows compared here, and choosing on them would flatter the tuned model.
     """
+    from ..evaluate.records import traces_path_for
     from ..train.trainer import last_checkpoint  # torch, TRL
 
     temperature = float(yaml.safe_load(demo.config.read_text())["temperature"])  # training's
@@ -331,9 +332,10 @@ def evaluate(demo: Demo, base: Path, val: Path) -> None:
                     agentrft(*argv)
                     continue
                 key = rollouts_key(demo, "demo-base-eval", val, sampling=[str(a) for a in sampling])
-                if not reused(demo, key, [out], argv):
+                files = [out, traces_path_for(out)]  # records point at their trajectories by file name
+                if not reused(demo, key, files, argv):
                     agentrft(*argv)
-                    store_files(demo.cache, key, [out])
+                    store_files(demo.cache, key, files)
         console.print("\n[bold]Greedy, one rollout per row:[/]")
         agentrft("compare", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val, "--threshold", ANSWER_RIGHT)
         console.print(f"\n[bold]Sampled at the training temperature {temperature:g}, {EVAL_SAMPLES} rollouts per row:[/]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 
 
@@ -27,6 +28,15 @@ def decoding_threads(model: object) -> int | None:
     if not parameters or parameters[0].device.type != "cpu":
         return None
     return 1 if sum(p.numel() for p in parameters) < SMALL_MODEL_PARAMETERS else None
+
+
+def decoding_workers(threads: int | None) -> int:
+    """Batches decoded at the same time: one per CPU core where each decodes on ``threads`` = 1 (a small
+    model on a CPU, whose steps leave the other cores idle), else one."""
+    if threads != 1:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
 
 
 @contextlib.contextmanager

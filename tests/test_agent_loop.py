@@ -240,6 +240,42 @@ def test_kept_kv_cache_gives_what_recomputing_the_conversation_gives(model_and_t
     assert ours[:cut] == reference.tolist()[:cut]
 
 
+def test_batches_decoded_side_by_side_sample_what_one_thread_samples(model_and_tokenizer, rows):
+    """Two workers decode a turn's batches at the same time (each in its own thread, one torch thread
+    each) and sample exactly the tokens one worker samples batch after batch; the model's mode and the
+    caller's torch thread count are what they were before."""
+    import threading
+
+    import torch
+
+    from agentrft.agent.policy import LocalPolicy
+
+    model, tokenizer = model_and_tokenizer
+    settings = RolloutSettings(temperature=1.0, seed=5, max_new_tokens=6)
+    threads_seen: set[int] = set()
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        threads_seen.add(threading.get_ident())
+        return forward(*args, **kwargs)
+
+    model.train()
+    before = torch.get_num_threads()
+    one = LocalPolicy(model, tokenizer, batch_size=2, threads=1, workers=1)
+    apart, *_ = _two_turns(one, rows[:4], [5, 40, 17, 9], settings)
+    model.forward = spy
+    try:
+        two = LocalPolicy(model, tokenizer, batch_size=2, threads=1, workers=2)
+        together, *_ = _two_turns(two, rows[:4], [5, 40, 17, 9], settings)
+    finally:
+        del model.forward
+    # two batches of two rows a turn, each decoding in a thread of its own
+    assert len(threads_seen) >= 2 and threading.get_ident() not in threads_seen
+    assert [e.token_ids for e in together] == [e.token_ids for e in apart]
+    assert [e.logprobs for e in together] == [e.logprobs for e in apart]
+    assert model.training and torch.get_num_threads() == before
+
+
 @pytest.mark.parametrize("lean", [True, False], ids=["lean-step", "model-forward"])
 def test_rows_that_finish_leave_the_batch_and_are_handed_over_first(model_and_tokenizer, rows, lean, monkeypatch):
     """Rows with less room finish first: they are handed over (``on_reply``) while the others still

@@ -9,14 +9,16 @@ sampling, the decoding steps) and samples exactly as ``RolloutSettings`` say.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from ..errors import UserError
-from ..hardware import decoding_threads, torch_threads
+from ..hardware import decoding_threads, decoding_workers, torch_threads
 from . import render
 from .decoding import decode_turn
 from .episode import Episode, Reply
@@ -38,11 +40,15 @@ class LocalPolicy:
     small float32 Llama-family models and leaves the rest to the model's forward anyway). ``threads``: torch's
     CPU threads while decoding, set in the decoding thread only; "auto" is one for a small model on a CPU
     (``hardware.decoding_threads``: its steps are too small to share), torch's setting otherwise.
+    ``workers``: batches of one turn decoded at the same time, each in its own thread; "auto" is one per
+    CPU core where decoding runs on one thread (``hardware.decoding_workers``), else one. A batch's
+    tokens do not depend on which batches decode beside it: each batch keeps its rows and its seed.
     """
 
     def __init__(
         self, model: Any, tokenizer: Any, device: str | None = None, batch_size: int = 32, name: str | None = None,
         reuse_cache: bool = True, lean_decoding: bool = True, threads: int | Literal["auto"] | None = "auto",
+        workers: int | Literal["auto"] = "auto",
     ) -> None:
         if device is not None:
             model.to(device)
@@ -52,6 +58,7 @@ class LocalPolicy:
         self.reuse_cache = reuse_cache
         self.lean_decoding = lean_decoding
         self.threads = decoding_threads(model) if threads == "auto" else threads
+        self.workers = decoding_workers(self.threads) if workers == "auto" else max(1, workers)
         ensure_response_parser(tokenizer)
         config = getattr(model, "config", None)
         self.name = name or getattr(config, "_name_or_path", "") or "local"
@@ -112,17 +119,33 @@ class LocalPolicy:
         seeds = [None if settings.seed is None else
                  settings.seed * 1_000_003 + max(episodes[i].replies for i, _ in chunk) * 7919 + n * self.batch_size
                  for n, chunk in enumerate(chunks)]  # before any episode is handed over
-        for chunk, seed in zip(chunks, seeds, strict=True):
-            batch = [episodes[i] for i, _ in chunk]
-            def finish(row: int, ids: list[int], logprobs: list[float], chunk: list[tuple[int, int]] = chunk) -> None:
+        closing = threading.Lock()
+
+        def decode(chunk: list[tuple[int, int]], seed: int | None) -> None:
+            def finish(row: int, ids: list[int], logprobs: list[float]) -> None:
                 index = chunk[row][0]
-                replies[index] = render.close_turn(episodes[index], self.tokenizer, ids, logprobs, self.stop_ids)
+                with closing:  # the tokenizer is not shared between threads
+                    replies[index] = render.close_turn(episodes[index], self.tokenizer, ids, logprobs, self.stop_ids)
                 if on_reply is not None:
                     on_reply(index, replies[index])
 
             with torch_threads(self.threads):
-                decode_turn(self.model, batch, [n for _, n in chunk], settings, seed, finish, self.pad_id,
-                            self.stop_ids, reuse_cache=self.reuse_cache, lean_decoding=self.lean_decoding)
+                decode_turn(self.model, [episodes[i] for i, _ in chunk], [n for _, n in chunk], settings, seed,
+                            finish, self.pad_id, self.stop_ids, reuse_cache=self.reuse_cache,
+                            lean_decoding=self.lean_decoding)
+
+        if self.workers > 1 and len(chunks) > 1:
+            was_training = self.model.training
+            self.model.eval()  # here, not in each chunk's decoding, which would switch it under the others
+            try:  # torch's thread count set here too: a new thread starts from the count last set anywhere
+                with torch_threads(self.threads), ThreadPoolExecutor(min(self.workers, len(chunks))) as pool:
+                    for done in [pool.submit(decode, chunk, seed) for chunk, seed in zip(chunks, seeds, strict=True)]:
+                        done.result()
+            finally:
+                self.model.train(was_training)
+        else:
+            for chunk, seed in zip(chunks, seeds, strict=True):
+                decode(chunk, seed)
         if on_reply is not None:  # those that ran out of room before generating
             for index, reply in enumerate(replies):
                 if reply is not None and reply.out_of_budget:

@@ -47,17 +47,23 @@ class _ParsingView:
 
     ``tokenizer.parse_response`` builds a ``TokenIdDecoder`` for every reply, and that reads
     ``added_tokens_decoder`` (rebuilt from the Rust tokenizer on every access) and the control tokens of
-    the chat template afresh, a walk over every added token: with a few thousand added tokens (the tiny
-    model's number chunks and metric labels) that walk is most of a reply's parse, and a rollout parses
-    every turn of every trajectory (bench/RESULTS.md). A tokenizer does not change while it decodes, so
-    those answers are kept; any other attribute the parser reads comes from the tokenizer itself.
+    the chat template afresh, and walks every added token for the control tokens among them: with a few
+    thousand added tokens (the tiny model's number chunks and metric labels) that walk is most of a
+    reply's parse, and a rollout parses every turn of every trajectory (bench/RESULTS.md). A tokenizer
+    does not change while it decodes, so the control tokens are read once, and the view's
+    ``added_tokens_decoder`` holds only the added tokens that are control tokens of its chat templates:
+    the decoder keeps exactly those, and reads the added tokens for nothing else. Any other attribute
+    the parser reads comes from the tokenizer itself.
     """
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self.chat_template = tokenizer.chat_template
-        self.added_tokens_decoder = dict(tokenizer.added_tokens_decoder)
-        self._control_tokens: dict[str, tuple[str, ...]] = {}
+        self.chat_template = template = tokenizer.chat_template
+        templates = list(template.values()) if isinstance(template, dict) else [template or ""]
+        self._control_tokens = {template: tokenizer._get_control_tokens(template) for template in templates}
+        control = {token for tokens in self._control_tokens.values() for token in tokens}
+        self.added_tokens_decoder = {i: added for i, added in tokenizer.added_tokens_decoder.items()
+                                     if added.content in control}
 
     def _get_control_tokens(self, chat_template: str) -> tuple[str, ...]:
         if chat_template not in self._control_tokens:

@@ -296,7 +296,9 @@ def create_app(policy: Any, tools_url: str, tools_token: str | None, settings: A
             "turns": [t.model_dump() for t in trajectory.turns],
         }
 
-    streamed = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+    event = {"type": "object", "required": ["data"],  # one server-sent event: a chunk's JSON, or [DONE]
+             "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}
+    streamed = {200: {"content": {"text/event-stream": {"itemSchema": event}},
                       "description": "The completion, or with stream: true its chunks as server-sent events."}}
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**posted, **streamed})

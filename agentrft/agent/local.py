@@ -139,8 +139,7 @@ class LocalPolicy:
             self.model.eval()  # here, not in each chunk's decoding, which would switch it under the others
             try:  # torch's thread count set here too: a new thread starts from the count last set anywhere
                 with torch_threads(self.threads), ThreadPoolExecutor(min(self.workers, len(chunks))) as pool:
-                    for done in [pool.submit(decode, chunk, seed) for chunk, seed in zip(chunks, seeds, strict=True)]:
-                        done.result()
+                    list(pool.map(decode, chunks, seeds))  # raises what a worker raised
             finally:
                 self.model.train(was_training)
         else:

@@ -219,9 +219,12 @@ def rollouts_key(demo: Demo, kind: str, rows: Path, **args: object) -> dict[str,
     }
 
 
-def reused(demo: Demo, key: dict[str, object], files: list[Path], argv: list[str | Path]) -> bool:
-    """Put the cached output ``files`` of the command ``argv`` in place; False (nothing written) on a miss."""
+def cached_command(demo: Demo, key: dict[str, object], files: list[Path], argv: list[str | Path]) -> bool:
+    """Put the output ``files`` the command ``argv`` left in the cache under ``key`` in place (True), or run
+    it and store them there (False)."""
     if not restore_files(demo.cache, key, files):
+        agentrft(*argv)
+        store_files(demo.cache, key, files)
         return False
     echo([str(a) for a in argv])
     console.print(f"the same command on the same model, rows, config and code ran before: its "
@@ -241,13 +244,10 @@ def prior_check(demo: Demo, train: Path, learnable: Path) -> None:
                               "--write-filtered", learnable, "--filter", "slices"]
     key = rollouts_key(demo, "demo-prior-check", train, n=PRIOR_ROWS, rollouts=PRIOR_ROLLOUTS,
                        threshold=ANSWER_RIGHT, filter="slices")
-    if reused(demo, key, [results, learnable], argv):
+    if cached_command(demo, key, [results, learnable], argv):  # what the command would have printed
         rows = read_models(train, Row)[:PRIOR_ROWS]
         print_summary(rows, PriorSummary.of_results(read_models(results, PriorResult), PRIOR_ROLLOUTS))
         console.print(f"{learnable}: {len(read_models(learnable, Row))} rows to train on")
-        return
-    agentrft(*argv)
-    store_files(demo.cache, key, [results, learnable])
 
 
 def run_demo(demo: Demo) -> None:
@@ -330,12 +330,9 @@ def evaluate(demo: Demo, base: Path, val: Path) -> None:
                         "--grader", GRADER, *sampling]
                 if name == "tuned":
                     agentrft(*argv)
-                    continue
-                key = rollouts_key(demo, "demo-base-eval", val, sampling=[str(a) for a in sampling])
-                files = [out, traces_path_for(out)]  # records point at their trajectories by file name
-                if not reused(demo, key, files, argv):
-                    agentrft(*argv)
-                    store_files(demo.cache, key, files)
+                else:  # records point at their trajectories by file name: both files are kept
+                    key = rollouts_key(demo, "demo-base-eval", val, sampling=[str(a) for a in sampling])
+                    cached_command(demo, key, [out, traces_path_for(out)], argv)
         console.print("\n[bold]Greedy, one rollout per row:[/]")
         agentrft("compare", evals / "base.jsonl", evals / "tuned.jsonl", "--rows", val, "--threshold", ANSWER_RIGHT)
         console.print(f"\n[bold]Sampled at the training temperature {temperature:g}, {EVAL_SAMPLES} rollouts per row:[/]")

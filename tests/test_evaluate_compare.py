@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from agentrft.cli import main
-from agentrft.evaluate.compare import bootstrap_ci, compare_runs
+from agentrft.evaluate.compare import bootstrap_ci, compare_runs, format_comparison, shift_p_value
 from agentrft.evaluate.records import load_eval
 from agentrft.jsonl import write_models
 from agentrft.schema import EvalRecord
@@ -144,6 +144,36 @@ def test_k_samples_compare_each_row_on_its_mean(tmp_path: Path) -> None:
     assert by_id["c"].bucket == "partial"
     assert by_id["c"].d_tools == pytest.approx(1.5 - 2.0)
     assert c.n == 3 and c.count("improved") == 1 and c.count("regressed") == 1
+
+
+def test_shift_p_value_counts_the_relabellings_at_least_as_extreme() -> None:
+    assert shift_p_value([1, 1, 1, 1], [0, 0, 0, 0], lower=True) == pytest.approx(1 / 70)
+    assert shift_p_value([1, 1, 1, 1], [0, 0, 0, 0], lower=False) == 1.0
+    assert shift_p_value([1, 1, 1, 1], [1, 0, 1, 1], lower=True) == pytest.approx(35 / 70)  # the 0 among the 4
+    assert shift_p_value([1.0], [0.0], lower=True) == 1.0  # one sample a side: nothing to tell
+    many = shift_p_value([1.0] * 10, [0.0] * 10, lower=True)  # 184,756 relabellings: a seeded draw
+    assert many == shift_p_value([1.0] * 10, [0.0] * 10, lower=True) and many < 1e-3
+
+
+def test_sampled_rows_are_counted_beyond_noise_only_when_their_samples_separate(tmp_path: Path) -> None:
+    def write(path: Path, rewards: dict[str, list[float]]) -> Path:
+        write_models(path, [EvalRecord(id=rid, sample_index=k, model=path.stem, reward=r, tool_calls=1)
+                            for rid, rs in rewards.items() for k, r in enumerate(rs)])  # fmt: skip
+        return path
+
+    base = write(tmp_path / "base.jsonl", {"drop": [1, 1, 1, 1], "dip": [1, 1, 1, 1], "rise": [0, 0, 0, 0],
+                                            "same": [0.5, 0.5, 0, 1]})  # fmt: skip
+    tuned = write(tmp_path / "tuned.jsonl", {"drop": [0, 0, 0, 0], "dip": [1, 0, 1, 1], "rise": [1, 1, 1, 1],
+                                              "same": [1, 0, 0.5, 0.5]})  # fmt: skip
+    c = compare_runs(load_eval(base), load_eval(tuned))
+    assert (c.count("regressed"), c.count("improved")) == (2, 1)
+    assert (c.beyond_noise("regressed"), c.beyond_noise("improved")) == (1, 1)  # "dip" is one sample's chance
+    text = format_comparison(c).splitlines()
+    assert text[2:5] == ["improved:  1/4", "  beyond sampling noise: 1 (per-row permutation test, p < 0.05)",
+                         "regressed: 2/4"]  # fmt: skip
+    assert c.to_dict()["beyond_noise"] == {"alpha": 0.05, "improved": 1, "regressed": 1}
+    greedy = compare_runs(load_eval(BASE), load_eval(TUNED))  # one sample a row: no such count
+    assert greedy.beyond_noise("regressed") is None and "noise" not in format_comparison(greedy)
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_mean() -> None:

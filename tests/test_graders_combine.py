@@ -71,6 +71,21 @@ def test_tool_use_checks_tools_evidence_and_budget() -> None:
     assert load_grader("tool_use").grade(_row(), _trajectory([])).reward == 1.0
 
 
+def test_tool_use_prices_failed_calls_below_not_calling() -> None:
+    row = _row(evidence_path="filings/h-10q.html", must_use_tools=["search", "read"])
+    hasty = _trajectory([("search", {"query": "h"}, False)])
+    made_up = _trajectory([("search", {"query": "h"}, False), ("read", {"path": "filings/h"}, True)])
+    plain = load_grader({"type": "tool_use", "max_tool_calls": 12})
+    assert plain.grade(row, made_up).reward == plain.grade(row, hasty).reward  # a failed try costs nothing
+    priced = load_grader({"type": "tool_use", "max_tool_calls": 12, "price_errors": True})
+    graded = priced.grade(row, made_up)
+    assert graded.sub_rewards["errors"] == 0.5 and "1 of 2 calls failed" in graded.reason
+    assert graded.reward < priced.grade(row, hasty).reward < 1.0
+    good = _trajectory([("search", {"query": "h"}, False), ("read", {"path": "filings/h-10q.html"}, False)])
+    assert priced.grade(row, good).reward == 1.0
+    assert "errors" not in priced.grade(row, _trajectory([])).sub_rewards  # no calls: nothing to price
+
+
 def test_formula_is_safe_arithmetic() -> None:
     assert Formula("0.8 * answer + 0.2 * tools")({"answer": 1, "tools": 0.5}) == pytest.approx(0.9)
     assert Formula("min(a, b) - -max(a, 0) / 2")({"a": 0.5, "b": 0.25}) == pytest.approx(0.5)

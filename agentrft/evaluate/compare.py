@@ -3,10 +3,21 @@
 Beyond the tutorial's five lines this adds a paired-bootstrap interval for the mean Δreward, splits
 the unchanged rows into already solved / still unsolved / partial, slices the diffs by metadata,
 and names rows found in one file only or left ungraded — they are reported, never dropped.
+
+With several samples per row a row's mean moves by chance alone: a model compared with itself at 4
+samples a row has about a third of its rows "regressed". Where both runs sampled every row at least
+twice, the improved and regressed rows are also counted beyond sampling noise: those whose own samples
+would show a shift this large in fewer than ``ALPHA`` of the ways of relabelling them (an exact
+one-sided permutation test per row). Under no change that count is at most ``ALPHA`` of the rows in
+expectation; with 4 samples a side a row passes only when almost every tuned sample falls on one side
+of almost every base sample. The plain counts stay the headline; this one says how many of them the
+samples can tell from chance.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +32,41 @@ BUCKETS = ("regressed", "improved", "solved", "unsolved", "partial")
 # Rewards are means over samples, so "unchanged" means equal up to float noise, not bit-equal.
 EPS = 1e-9
 RECORD_KEYS = ("task_type", "difficulty")
+ALPHA = 0.05
+"""A row's shift counts as beyond sampling noise when its one-sided permutation p-value is below this."""
+EXACT_LIMIT = 20_000
+"""Relabellings enumerated exactly up to this many (8 + 8 samples: 12,870); beyond it a seeded random draw."""
+
+
+def shift_p_value(base: Sequence[float], tuned: Sequence[float], lower: bool, seed: int = 0) -> float:
+    """One-sided permutation p-value: how often relabelling the pooled samples gives the tuned side a sum
+    at least as far below (``lower``) or above its observed sum. 1.0 when either side has fewer than 2."""
+    if len(base) < 2 or len(tuned) < 2:
+        return 1.0
+    pooled = [*base, *tuned]
+    k, observed = len(tuned), sum(tuned)
+
+    def extreme(total: float) -> bool:
+        return total <= observed + EPS if lower else total >= observed - EPS
+
+    if math.comb(len(pooled), k) <= EXACT_LIMIT:
+        sums = [sum(pooled[i] for i in chosen) for chosen in itertools.combinations(range(len(pooled)), k)]
+        return sum(1 for total in sums if extreme(total)) / len(sums)
+    rng = np.random.default_rng(seed)
+    values = np.asarray(pooled, dtype=float)
+    draws = np.array([values[rng.permutation(len(values))[:k]].sum() for _ in range(EXACT_LIMIT)])
+    hits = int(np.sum(draws <= observed + EPS) if lower else np.sum(draws >= observed - EPS))
+    return (hits + 1) / (EXACT_LIMIT + 1)
+
+
+def _rewards(result: RowResult) -> list[float]:
+    """A row's graded samples' rewards."""
+    return [r.reward for r in result.records if r.reward is not None]
 
 
 def success_rate(result: RowResult, threshold: float) -> float:
     """Share of a row's graded samples whose reward reaches ``threshold``."""
-    rewards = [r.reward for r in result.records if r.reward is not None]
+    rewards = _rewards(result)
     return sum(1 for r in rewards if r >= threshold) / len(rewards) if rewards else 0.0
 
 
@@ -45,6 +86,13 @@ class RowDiff:
     @property
     def d_tools(self) -> float:
         return self.tuned.tool_calls - self.base.tool_calls
+
+    def beyond_noise(self) -> bool:
+        """Whether this row's shift is one its samples tell from chance (``ALPHA``, ``shift_p_value``)."""
+        if self.bucket not in ("improved", "regressed"):
+            return False
+        lower = self.bucket == "regressed"
+        return shift_p_value(_rewards(self.base), _rewards(self.tuned), lower) < ALPHA
 
     def fewer_successes(self, threshold: float) -> bool:
         """Whether the tuned model reaches ``threshold`` on a smaller share of this row's graded samples."""
@@ -127,6 +175,17 @@ class Comparison:
     def count(self, *buckets: str) -> int:
         return sum(1 for d in self.diffs if d.bucket in buckets)
 
+    @property
+    def sampled(self) -> bool:
+        """Whether both runs graded every compared row at least twice (the noise count needs it)."""
+        return all(len(_rewards(d.base)) >= 2 and len(_rewards(d.tuned)) >= 2 for d in self.diffs)
+
+    def beyond_noise(self, bucket: str) -> int | None:
+        """Rows of ``bucket`` (improved or regressed) whose shift is beyond sampling noise; None unless sampled."""
+        if not self.sampled:
+            return None
+        return sum(1 for d in self.diffs if d.bucket == bucket and d.beyond_noise())
+
     def regressions(self) -> list[RowDiff]:
         """Regressed rows, worst first (ties by id so the order is stable)."""
         return self.in_bucket("regressed")
@@ -149,6 +208,8 @@ class Comparison:
             "regressed": self.count("regressed"),
             "threshold": self.threshold,
             "regressed_fewer_successes": self.fewer_successes,
+            "beyond_noise": {"alpha": ALPHA, "improved": self.beyond_noise("improved"),
+                             "regressed": self.beyond_noise("regressed")},
             "unchanged": self.count("solved", "unsolved", "partial"),
             "unchanged_split": {b: self.count(b) for b in ("solved", "unsolved", "partial")},
             "only_in_base": self.only_base,
@@ -289,15 +350,18 @@ def format_slices(stats: list[SliceStats]) -> list[str]:
 def format_comparison(c: Comparison) -> str:
     """The tutorial's five lines, then the interval, the unchanged split, gaps and slices."""
     n = c.n
+    noise = f"  beyond sampling noise: {{}} (per-row permutation test, p < {ALPHA:g})"
     lines = [
         f"mean Δreward: {c.mean_d_reward:+.3f}",
         f"mean Δtools:  {c.mean_d_tools:+.2f}",
         f"improved:  {c.count('improved')}/{n}",
+        *([] if not c.sampled else [noise.format(c.beyond_noise("improved"))]),
         f"regressed: {c.count('regressed')}/{n}",
         *([] if c.threshold is None else [
             f"  reaching {c.threshold:g} less often: {c.fewer_successes}",
             f"  only partial credit lost:  {c.count('regressed') - (c.fewer_successes or 0)}",
         ]),
+        *([] if not c.sampled else [noise.format(c.beyond_noise("regressed"))]),
         f"unchanged: {c.count('solved', 'unsolved', 'partial')}/{n}",
         f"  already solved: {c.count('solved')}",
         f"  still unsolved: {c.count('unsolved')}",

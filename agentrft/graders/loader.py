@@ -96,7 +96,8 @@ def build(spec: Any, name: str | None = None) -> Grader:
     if spec.type == "numeric":
         return NumericGrader(name, spec.tolerance_rel, spec.fallback, spec.use_question)
     if spec.type == "tool_use":
-        return ToolUseGrader(name, spec.max_tool_calls, spec.must_use_tools, spec.check_evidence, spec.read_tool)
+        return ToolUseGrader(name, spec.max_tool_calls, spec.must_use_tools, spec.check_evidence, spec.read_tool,
+                             spec.price_errors)
     if spec.type == "string_check":
         return StringCheckGrader(name, spec.input, spec.reference, spec.operation)
     if spec.type == "text_similarity":

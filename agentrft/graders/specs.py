@@ -34,13 +34,14 @@ class NumericSpec(_Spec):
 
 
 class ToolUseSpec(_Spec):
-    """Our tool-use checks: must_use_tools called, evidence_path read, tool-call budget kept."""
+    """Our tool-use checks: must_use_tools called, evidence_path read, tool-call budget kept, calls answered."""
 
     type: Literal["tool_use"]
     max_tool_calls: int | None = Field(default=None, ge=1, description="Budget; each call over it costs.")
     must_use_tools: list[str] | None = Field(default=None, description="Overrides the row's expected.must_use_tools.")
     check_evidence: bool = Field(default=True, description="Require a read of the row's expected.evidence_path.")
     read_tool: str = Field(default="read", description="The tool whose `path` argument reads a document.")
+    price_errors: bool = Field(default=False, description="Score the share of calls answered (a failed call costs).")
 
 
 class StringCheckSpec(_Spec):

@@ -8,7 +8,11 @@ Three checks, each scored in [0, 1] and averaged (only the checks that apply to 
 - the document in ``expected.evidence_path`` was read: a ``read`` call whose ``path`` argument is
   that path (leading ``./`` or ``/`` ignored) and whose result was not an error;
 - the tool-call budget (``max_tool_calls`` in the grader's declaration) was kept; each call over
-  it costs ``1 / budget``, so twice the budget scores 0 on this check.
+  it costs ``1 / budget``, so twice the budget scores 0 on this check;
+- with ``price_errors``, the calls were answered: the check scores the share of calls that came back
+  with a result. Without it a call that failed costs nothing but its place in the budget, so a rollout
+  that tries a made-up path and then answers from a search snippet scores what the snippet alone
+  scores; with it, the failed try scores below not trying.
 
 A row with nothing to check scores 1.0 (nothing was asked of it). The reason lists what is missing.
 On its own it rewards process, not answers; in a ``multi`` grader it is the ``0.2 * tools`` half.
@@ -36,12 +40,14 @@ class ToolUseGrader:
         must_use_tools: list[str] | None = None,
         check_evidence: bool = True,
         read_tool: str = "read",
+        price_errors: bool = False,
     ) -> None:
         self.name = name
         self.max_tool_calls = max_tool_calls
         self.must_use_tools = must_use_tools
         self.check_evidence = check_evidence
         self.read_tool = read_tool
+        self.price_errors = price_errors
 
     def grade(self, row: Row, trajectory: Trajectory) -> Grade:
         failed_calls = {t.call_id for t in trajectory.turns if isinstance(t, ToolResultTurn) and t.is_error}
@@ -68,6 +74,12 @@ class ToolUseGrader:
             n = trajectory.n_tool_calls
             budget = f"{n} tool call{'' if n == 1 else 's'}, budget {self.max_tool_calls}"
             notes.append(f"{budget} ({over} over)" if over else budget)
+
+        calls = trajectory.n_tool_calls
+        if self.price_errors and calls:
+            failed = calls - len(answered)
+            scores["errors"] = 1 - failed / calls
+            notes.append(f"{failed} of {calls} call{'' if calls == 1 else 's'} failed")
 
         if not scores:
             return Grade(reward=1.0, grader=self.name, reason="no tool-use expectations on this row")

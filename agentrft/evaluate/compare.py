@@ -4,8 +4,8 @@ Beyond the tutorial's five lines this adds a paired-bootstrap interval for the m
 the unchanged rows into already solved / still unsolved / partial, slices the diffs by metadata,
 and names rows found in one file only or left ungraded — they are reported, never dropped.
 
-With several samples per row a row's mean moves by chance alone: a model compared with itself at 4
-samples a row has about a third of its rows "regressed". Where both runs sampled every row at least
+With several samples per row a row's mean moves by chance alone, so a model compared with itself
+already has rows "regressed" (``bench/RESULTS.md`` counts them). Where both runs sampled every row at least
 twice, the improved and regressed rows are also counted beyond sampling noise: those whose own samples
 would show a shift this large in fewer than ``ALPHA`` of the ways of relabelling them (an exact
 one-sided permutation test per row). Under no change that count is at most ``ALPHA`` of the rows in

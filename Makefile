@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+HASH   := $(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(HASH)
+DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
 # vLLM lives in a virtual environment of its own (it pins its own torch); agentrft starts its server from
 # there. On a machine without an NVIDIA GPU that is vLLM's CPU build, on the CPU torch of constraints.txt;
@@ -15,11 +17,16 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell echo '$(VLLM_PKG)' | cat - constra
 
 .PHONY: demo test bench stress fuzz install vllm clean
 
+# The package alone for the demo; the test tools (pytest, playwright, schemathesis) on top for the tests.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e .
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 $(VLLM_STAMP): constraints.txt
@@ -34,11 +41,11 @@ endif
 	rm -f $(VLLM_VENV)/.installed-*
 	touch $@
 
-install: $(STAMP)
+install: $(DEV_STAMP)
 
 vllm: $(VLLM_STAMP)
 
-test: $(STAMP) $(VLLM_STAMP)
+test: $(DEV_STAMP) $(VLLM_STAMP)
 	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
 
@@ -52,7 +59,7 @@ bench: $(STAMP) $(VLLM_STAMP)
 stress: $(STAMP)
 	$(PY) scripts/stress.py --clients 256 --seconds 60 --warmup 10
 
-fuzz: $(STAMP)
+fuzz: $(DEV_STAMP)
 	AGENTRFT_FUZZ_EXAMPLES=1000 $(PY) -m pytest -q tests/test_fuzz.py
 
 clean:

@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .agent.loop import run_rollouts, run_sync
+from .agent.loop import rows_per_call, run_rollouts, run_sync
 from .agent.settings import fit_context
 from .config import load_config
 from .errors import UserError
@@ -188,10 +188,10 @@ def prior_check(
 ) -> tuple[PriorSummary, list[Trajectory]]:
     """Roll out each row ``rollouts`` times, grade, and summarise. Returns the summary and the traces.
 
-    Rows go through the loop in batches (about 64 rollouts each) so progress shows early and memory
-    stays bounded; every rollout of a row is in the same batch.
+    Rows go through the loop in calls of about ``ROLLOUTS_PER_CALL`` rollouts, so progress shows early and
+    memory stays bounded; every rollout of a row is in the same call.
     """
-    per_batch = rows_per_batch or max(1, 64 // max(1, rollouts))
+    per_batch = rows_per_batch or rows_per_call(rollouts)
     trajectories: list[Trajectory] = []
     grades: list[Grade] = []
 

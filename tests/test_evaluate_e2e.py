@@ -106,6 +106,30 @@ def test_eval_is_greedy_by_default(
         assert a.token_ids == b.token_ids and a.turns == b.turns
 
 
+def test_eval_hands_the_loop_whole_rows_in_calls_of_about_rollouts_per_call(
+    evaluations: dict, tiny_model_dir: Path, eval_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import agentrft.agent.loop as loop
+    import agentrft.evaluate.run as run
+
+    calls: list[tuple[int, int]] = []
+    real = run.run_rollouts
+
+    async def counting(rows, policy, tools, settings, samples_per_row=1, progress=None):  # type: ignore[no-untyped-def]
+        calls.append((len(rows), samples_per_row))
+        return await real(rows, policy, tools, settings, samples_per_row, progress)
+
+    monkeypatch.setattr(run, "run_rollouts", counting)
+    monkeypatch.setattr(loop, "ROLLOUTS_PER_CALL", 4)
+    out = tmp_path / "calls.jsonl"
+    main(["eval", "--model", str(tiny_model_dir), "--data", str(evaluations["val"]), "--config", str(eval_config),
+          "--out", str(out), "--limit", "5", "--samples", "2", "--temperature", "1.0", "--seed", "1"])
+    assert calls == [(2, 2), (2, 2), (1, 2)]  # 4 rollouts a call, every sample of a row in the same one
+    records = read_models(out, EvalRecord)
+    rows = read_models(evaluations["val"], Row)[:5]
+    assert [(r.id, r.sample_index) for r in records] == [(row.id, k) for row in rows for k in range(2)]
+
+
 def test_eval_refuses_to_mix_models_and_names_bad_input(
     evaluations: dict, tiny_model_dir: Path, eval_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -44,6 +44,17 @@ def new_episode(row: Row, sample_index: int, system_prompt: str | None, tools: l
     return episode
 
 
+ROLLOUTS_PER_CALL = 64
+"""Rollouts a command hands the loop at once (every rollout of a row in the same call): enough for a local
+model's decoding batches of 32 to run side by side on a 2-core CPU and for a server's batching, few enough
+that progress shows early and an interrupted run loses little."""
+
+
+def rows_per_call(samples_per_row: int) -> int:
+    """Rows per ``run_rollouts`` call for ``ROLLOUTS_PER_CALL`` rollouts."""
+    return max(1, ROLLOUTS_PER_CALL // max(1, samples_per_row))
+
+
 async def run_rollouts(
     rows: list[Row],
     policy: Policy,

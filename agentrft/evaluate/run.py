@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..agent.loop import run_rollouts, run_sync
+from ..agent.loop import rows_per_call, run_rollouts, run_sync
 from ..agent.settings import RolloutSettings, fit_context
 from ..config import load_config
 from ..errors import UserError
@@ -39,9 +39,6 @@ from ..schema import EvalRecord, Row, ToolResultTurn, Trajectory
 from ..tools.client import ToolClient, ToolServerUnavailable, read_token
 from .records import traces_path_for
 
-# Rows per rollout call: big enough to batch generation, small enough that an interrupted run
-# loses little and the progress bar moves.
-BATCH_ROWS = 8
 DEFAULT_TOOLS_URL = "http://127.0.0.1:8000"
 """Where ``agentrft tools serve`` listens by default (and the training config's default)."""
 
@@ -204,8 +201,9 @@ async def _run_batches(
     line = _next_trace_line(traces)
     written = 0
     async with ToolClient(tools_url, token=token, timeout_s=settings.tool_timeout_s) as client:
-        for start in range(0, len(todo), BATCH_ROWS):
-            batch = todo[start : start + BATCH_ROWS]
+        per_call = rows_per_call(options.samples)
+        for start in range(0, len(todo), per_call):
+            batch = todo[start : start + per_call]
             rows = [row for row, _ in batch]
             try:
                 trajectories = await run_rollouts(rows, policy, client, settings, options.samples, advance)

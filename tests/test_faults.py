@@ -80,10 +80,13 @@ def _start_tool_server(corpus: Path, port: int, token_file: Path, log: Path) -> 
 
 
 def test_tool_server_killed_and_restarted_mid_eval(
-    synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """24 rows in 3 batches of 8: the server is SIGKILLed as batch 2 starts and back before batch 3.
     Batch 2's calls come back as recorded tool errors; the run finishes; the rate is reported."""
+    import agentrft.agent.loop
+
+    monkeypatch.setattr(agentrft.agent.loop, "ROLLOUTS_PER_CALL", 8)  # eval's calls: 8 greedy rows each
     data, rows = _rows(synth_dir, 24, tmp_path)
     answers = _answers(rows)
     token_file = tmp_path / "token"
@@ -283,8 +286,10 @@ class _DiskFillsUp:
 def test_disk_full_while_writing_records_keeps_earlier_ones_and_resumes(
     tmp_path: Path, synth_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import agentrft.agent.loop
     import agentrft.jsonl
 
+    monkeypatch.setattr(agentrft.agent.loop, "ROLLOUTS_PER_CALL", 8)
     data, rows = _rows(synth_dir, 16, tmp_path)  # two batches of 8
     answers = _answers(rows)
 
